@@ -1,0 +1,75 @@
+"""Leader election over a store you already run, and Celery integration built on it.
+
+The engine (:class:`LeaderFeed`) imports neither Celery nor any driver. The Celery pieces
+(:class:`LeaderFeedStep`, :func:`leader_only`, :func:`install`) are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .backends import backend_from_url, register_backend
+from .backends.base import Backend, DataChanged, RecordChanged, Subscription
+from .election import Lease, Role
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    LeaderfeedError,
+    LeaderfeedTimeout,
+    NotLeaderError,
+)
+from .feed import LeaderFeed, Status
+from .listeners import Event
+from .record import LeaderRecord, Observation, WriteResult
+from .timing import Timing
+
+if TYPE_CHECKING:
+    from .bootstep import LeaderFeedStep
+    from .decorators import leader_only
+    from .integration import install
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "ConfigurationError",
+    "DataChanged",
+    "Event",
+    "LeaderFeed",
+    "LeaderFeedStep",
+    "LeaderRecord",
+    "LeaderfeedError",
+    "LeaderfeedTimeout",
+    "Lease",
+    "NotLeaderError",
+    "Observation",
+    "RecordChanged",
+    "Role",
+    "Status",
+    "Subscription",
+    "Timing",
+    "WriteResult",
+    "__version__",
+    "backend_from_url",
+    "install",
+    "leader_only",
+    "register_backend",
+]
+
+# Celery-dependent names, imported lazily so the engine works without Celery installed.
+_LAZY = {
+    "LeaderFeedStep": "celery_leaderfeed.bootstep",
+    "leader_only": "celery_leaderfeed.decorators",
+    "install": "celery_leaderfeed.integration",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'celery_leaderfeed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

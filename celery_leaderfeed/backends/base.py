@@ -1,0 +1,252 @@
+"""The base class every backend extends.
+
+A backend stores the leader record and tells members when it changes; it never starts timers
+and never decides a role - the engine (:mod:`celery_leaderfeed.election`) makes every decision.
+This is the original leaderfeed's "Extending" section in Python terms:
+
+================  ==============================================================================
+original          here
+================  ==============================================================================
+``_start``        :meth:`Backend._connect`
+``_create``       :meth:`Backend._create` (idempotent, safe when many members start at once)
+``_heartbeat``    :meth:`Backend._renew` (compare-and-set on term and token)
+``_elect``        :meth:`Backend._claim`, :meth:`Backend._resign` (with a nominee),
+                  :meth:`Backend._nominate`
+(none)            :meth:`Backend._read` (the record as it is now)
+``_subscribe``    :meth:`Backend._subscribe` returning a :class:`Subscription`
+``_unsubscribe``  :meth:`Subscription.close`
+================  ==============================================================================
+
+Each write is one atomic compare-and-set in the store with the semantics spelled out in
+:mod:`celery_leaderfeed.backends.transitions`; the in-memory backend applies those functions
+directly and is the reference implementation. The shared contract suite in ``tests/contract``
+runs unchanged against every backend.
+
+Subclasses implement the ``_``-prefixed methods. The public methods wrap them so that every
+driver error listed in :attr:`Backend.connection_errors` reaches the engine as
+:class:`~celery_leaderfeed.errors.BackendUnavailable`, with the password hidden.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import BackendUnavailable, ConfigurationError
+from ..record import Observation, WriteResult
+from ..urls import redact_url, redact_urls_in
+
+__all__ = [
+    "Backend",
+    "DataChanged",
+    "FeedEvent",
+    "RecordChanged",
+    "Subscription",
+]
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChanged:
+    """The feed saw a new version of the leader record (or its deletion)."""
+
+    observation: Observation
+
+
+@dataclass(frozen=True, slots=True)
+class DataChanged:
+    """The feed saw a change to other data it watches (the original's ``change`` event)."""
+
+    change: object
+
+
+FeedEvent = RecordChanged | DataChanged
+
+
+class Subscription(abc.ABC):
+    """An open change feed; the engine's feed thread calls :meth:`poll` in a loop."""
+
+    @abc.abstractmethod
+    def poll(self, timeout: float) -> list[FeedEvent]:
+        """Wait up to ``timeout`` seconds and return what arrived (possibly nothing).
+
+        Raise :class:`~celery_leaderfeed.errors.BackendUnavailable` (or one of the backend's
+        ``connection_errors``) once the feed is broken; the engine then reads the record at the
+        heartbeat interval and subscribes again with backoff.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the feed. Must be idempotent and must make a blocked :meth:`poll` return."""
+
+
+class Backend(abc.ABC):
+    """Storage primitives for one election, named ``name``, in the store at ``url``."""
+
+    #: URL schemes served by this backend.
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: Driver exceptions that mean the store is unreachable or refused the call.
+    connection_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Options accepted in ``options`` (anything else is a configuration error).
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "default",
+        timeout: float = 1.0,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"election name must be 1-200 characters of letters, digits and _.:@- "
+                f"(starting with a letter or digit), got {name!r}"
+            )
+        unknown = set(options or ()) - self.option_names
+        if unknown:
+            allowed = ", ".join(sorted(self.option_names)) or "none"
+            raise ConfigurationError(
+                f"unknown option(s) for the {type(self).__name__}: {', '.join(sorted(unknown))} "
+                f"(allowed: {allowed})"
+            )
+        self.url = url
+        self.name = name
+        self.timeout = timeout
+        self.options: dict[str, Any] = dict(options or {})
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password hidden: the only form that may be logged."""
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.display_url} name={self.name!r}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open connections. Called once by ``start()``, in the engine's thread."""
+        with self.mapped_errors("connect"):
+            self._connect()
+
+    def create(self) -> None:
+        """Create what the election needs (tables, collections); safe to race."""
+        with self.mapped_errors("create"):
+            self._create()
+
+    def close(self) -> None:
+        """Release every connection; never raises."""
+        try:
+            self._close()
+        except Exception:
+            logger.debug("error while closing %r", self, exc_info=True)
+
+    # -- the leader record -------------------------------------------------------------------
+
+    def read(self) -> Observation:
+        """The record as the store holds it now (authoritative)."""
+        with self.mapped_errors("read"):
+            return self._read()
+
+    def claim(
+        self, expected_version: int, holder: str, token: str, *, min_term: int, min_version: int
+    ) -> WriteResult:
+        """Take the record if its version is still ``expected_version``; raises the term."""
+        with self.mapped_errors("claim"):
+            return self._claim(expected_version, holder, token, min_term, min_version)
+
+    def renew(self, term: int, token: str) -> WriteResult:
+        """Extend our lease if the record still names ``term`` and ``token``."""
+        with self.mapped_errors("renew"):
+            return self._renew(term, token)
+
+    def resign(self, term: int, token: str, nominee: str | None = None) -> WriteResult:
+        """Leave the record vacant (optionally naming who should take over)."""
+        with self.mapped_errors("resign"):
+            return self._resign(term, token, nominee)
+
+    def nominate(self, expected_version: int, nominee: str) -> WriteResult:
+        """Ask for ``nominee`` to lead; the leader (or nobody, if vacant) acts on it."""
+        with self.mapped_errors("nominate"):
+            return self._nominate(expected_version, nominee)
+
+    def subscribe(self) -> Subscription:
+        """Open a feed of record changes (and other data changes, where supported)."""
+        with self.mapped_errors("subscribe"):
+            return self._subscribe()
+
+    # -- schedule state (used by the beat scheduler) ----------------------------------------
+
+    def read_entries(self) -> dict[str, str]:
+        """Every stored schedule entry state, as the raw strings that were written."""
+        with self.mapped_errors("read schedule state"):
+            return self._read_entries()
+
+    def write_entry(
+        self, term: int, token: str, entry: str, expected: str | None, new: str
+    ) -> bool:
+        """Replace one entry's state, fenced: only while ``term``/``token`` hold the record
+        and only if the entry still holds ``expected`` (None: absent). One atomic step."""
+        with self.mapped_errors("write schedule state"):
+            return self._write_entry(term, token, entry, expected, new)
+
+    # -- error mapping -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def mapped_errors(self, operation: str) -> Iterator[None]:
+        """Turn this driver's errors into :class:`BackendUnavailable`, password hidden."""
+        try:
+            yield
+        except BackendUnavailable:
+            raise
+        except self.connection_errors as exc:
+            detail = redact_urls_in(f"{type(exc).__name__}: {exc}")
+            raise BackendUnavailable(f"{operation} failed on {self.display_url}: {detail}") from exc
+
+    # -- what a backend implements -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _connect(self) -> None: ...
+
+    @abc.abstractmethod
+    def _create(self) -> None: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    def _read(self) -> Observation: ...
+
+    @abc.abstractmethod
+    def _claim(
+        self, expected_version: int, holder: str, token: str, min_term: int, min_version: int
+    ) -> WriteResult: ...
+
+    @abc.abstractmethod
+    def _renew(self, term: int, token: str) -> WriteResult: ...
+
+    @abc.abstractmethod
+    def _resign(self, term: int, token: str, nominee: str | None) -> WriteResult: ...
+
+    @abc.abstractmethod
+    def _nominate(self, expected_version: int, nominee: str) -> WriteResult: ...
+
+    @abc.abstractmethod
+    def _subscribe(self) -> Subscription: ...
+
+    @abc.abstractmethod
+    def _read_entries(self) -> dict[str, str]: ...
+
+    @abc.abstractmethod
+    def _write_entry(
+        self, term: int, token: str, entry: str, expected: str | None, new: str
+    ) -> bool: ...

@@ -1,0 +1,275 @@
+"""In-process backend (``memory://NAME``): the reference implementation and a test double.
+
+Members in one process that use the same URL share one :class:`MemoryStore`. It applies the
+functions of :mod:`~celery_leaderfeed.backends.transitions` under a lock and delivers each write
+to every open feed. It also lets tests inject the faults a real store has: an outage, broken
+feeds and foreign data in the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import BackendUnavailable, ConfigurationError
+from ..record import LeaderRecord, Observation, WriteResult, decode_record
+from . import transitions
+from .base import Backend, DataChanged, FeedEvent, RecordChanged, Subscription
+
+__all__ = ["MemoryBackend", "MemoryStore", "memory_store"]
+
+_BROKEN = object()
+
+
+class MemoryStore:
+    """The shared state behind ``memory://`` URLs; safe to use from many threads."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._records: dict[str, str] = {}
+        self._entries: dict[str, dict[str, str]] = {}
+        self._feeds: dict[str, list[_MemorySubscription]] = {}
+        self._available = True
+        #: Every write applied, in order, as (election name, operation): for assertions.
+        self.operations: list[tuple[str, str]] = []
+
+    # -- fault injection -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """Every call fails and every feed breaks until the block ends."""
+        self.set_available(False)
+        try:
+            yield
+        finally:
+            self.set_available(True)
+
+    def set_available(self, available: bool) -> None:
+        with self._lock:
+            self._available = available
+            if not available:
+                self._break_feeds()
+
+    def break_feeds(self) -> None:
+        """Break every open feed, as a dropped connection would."""
+        with self._lock:
+            self._break_feeds()
+
+    def put_raw(self, name: str, raw: str | None) -> None:
+        """Store anything as election ``name``'s record (None deletes it), and notify feeds."""
+        with self._lock:
+            if raw is None:
+                self._records.pop(name, None)
+            else:
+                self._records[name] = raw
+            self._notify(name, self._observe(name))
+
+    def put_data(self, name: str, change: object) -> None:
+        """Deliver a non-record change to election ``name``'s feeds (the ``change`` event)."""
+        with self._lock:
+            for feed in self._feeds.get(name, ()):
+                feed.deliver(DataChanged(change))
+
+    # -- used by MemoryBackend ---------------------------------------------------------------
+
+    def observe(self, name: str) -> Observation:
+        with self._lock:
+            self._check()
+            return self._observe(name)
+
+    def apply(
+        self, name: str, operation: str, change: Callable[[Observation, float], LeaderRecord | None]
+    ) -> WriteResult:
+        """Apply one compare-and-set atomically and tell the feeds about a successful write."""
+        with self._lock:
+            self._check()
+            current = self._observe(name)
+            record = change(current, self.clock())
+            if record is None:
+                return WriteResult(False, current)
+            self._records[name] = record.to_json()
+            self.operations.append((name, operation))
+            written = Observation(record, store_time=record.renewed_at)
+            self._notify(name, written)
+            return WriteResult(True, written)
+
+    def entries(self, name: str) -> dict[str, str]:
+        with self._lock:
+            self._check()
+            return dict(self._entries.get(name, {}))
+
+    def write_entry(
+        self, name: str, term: int, token: str, entry: str, expected: str | None, new: str
+    ) -> bool:
+        with self._lock:
+            self._check()
+            stored = self._entries.get(name, {}).get(entry)
+            if not transitions.entry_written(self._observe(name), term, token, stored, expected):
+                return False
+            self._entries.setdefault(name, {})[entry] = new
+            self.operations.append((name, "write_entry"))
+            return True
+
+    def subscribe(self, name: str) -> _MemorySubscription:
+        with self._lock:
+            self._check()
+            feed = _MemorySubscription(self, name)
+            self._feeds.setdefault(name, []).append(feed)
+            return feed
+
+    def unsubscribe(self, feed: _MemorySubscription) -> None:
+        with self._lock:
+            feeds = self._feeds.get(feed.name, [])
+            if feed in feeds:
+                feeds.remove(feed)
+
+    # -- internals (called with the lock held) -----------------------------------------------
+
+    def _check(self) -> None:
+        if not self._available:
+            raise BackendUnavailable("memory store is unavailable (injected outage)")
+
+    def _observe(self, name: str) -> Observation:
+        raw = self._records.get(name)
+        if raw is None:
+            return Observation(None, store_time=self.clock())
+        try:
+            return Observation(decode_record(raw), store_time=self.clock())
+        except ValueError:
+            return Observation(None, corrupt=True, store_time=self.clock())
+
+    def _notify(self, name: str, observation: Observation) -> None:
+        for feed in self._feeds.get(name, ()):
+            feed.deliver(RecordChanged(observation))
+
+    def _break_feeds(self) -> None:
+        for feeds in self._feeds.values():
+            for feed in feeds:
+                feed.deliver(_BROKEN)
+            feeds.clear()
+
+
+class _MemorySubscription(Subscription):
+    def __init__(self, store: MemoryStore, name: str) -> None:
+        self.store = store
+        self.name = name
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._broken = False
+
+    def deliver(self, item: object) -> None:
+        self._queue.put(item)
+
+    def poll(self, timeout: float) -> list[FeedEvent]:
+        if self._broken:
+            raise BackendUnavailable("memory feed is broken")
+        events: list[FeedEvent] = []
+        try:
+            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            while True:
+                if item is _BROKEN:
+                    self._broken = True
+                    if events:  # hand over what arrived first; raise on the next poll
+                        return events
+                    raise BackendUnavailable("memory feed is broken")
+                assert isinstance(item, RecordChanged | DataChanged)
+                events.append(item)
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            return events
+
+    def close(self) -> None:
+        self.store.unsubscribe(self)
+        self._queue.put(_BROKEN)
+
+
+_stores: dict[str, MemoryStore] = {}
+_stores_lock = threading.Lock()
+
+
+def memory_store(url: str = "memory://") -> MemoryStore:
+    """The process-wide store that ``url`` names (created on first use)."""
+    parts = urlsplit(url)
+    key = (parts.netloc + parts.path).strip("/")
+    with _stores_lock:
+        return _stores.setdefault(key, MemoryStore())
+
+
+class MemoryBackend(Backend):
+    """Backend for ``memory://NAME`` URLs; pass ``options={"store": MemoryStore(...)}``
+    to use a private store (e.g. one with a fake clock)."""
+
+    schemes = ("memory",)
+    option_names = frozenset({"store"})
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        name: str = "default",
+        timeout: float = 1.0,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(url, name=name, timeout=timeout, options=options)
+        store = self.options.get("store")
+        if store is not None and not isinstance(store, MemoryStore):
+            raise ConfigurationError(f"option 'store' must be a MemoryStore, got {store!r}")
+        self.store: MemoryStore = store or memory_store(url)
+
+    def _connect(self) -> None:
+        self.store.observe(self.name)  # fails during an injected outage, like a real connect
+
+    def _create(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        pass
+
+    def _read(self) -> Observation:
+        return self.store.observe(self.name)
+
+    def _claim(
+        self, expected_version: int, holder: str, token: str, min_term: int, min_version: int
+    ) -> WriteResult:
+        return self.store.apply(
+            self.name,
+            "claim",
+            lambda current, now: transitions.claimed(
+                current, expected_version, holder, token, min_term, min_version, now
+            ),
+        )
+
+    def _renew(self, term: int, token: str) -> WriteResult:
+        return self.store.apply(
+            self.name, "renew", lambda current, now: transitions.renewed(current, term, token, now)
+        )
+
+    def _resign(self, term: int, token: str, nominee: str | None) -> WriteResult:
+        return self.store.apply(
+            self.name,
+            "resign",
+            lambda current, now: transitions.resigned(current, term, token, nominee, now),
+        )
+
+    def _nominate(self, expected_version: int, nominee: str) -> WriteResult:
+        return self.store.apply(
+            self.name,
+            "nominate",
+            lambda current, now: transitions.nominated(current, expected_version, nominee, now),
+        )
+
+    def _subscribe(self) -> Subscription:
+        return self.store.subscribe(self.name)
+
+    def _read_entries(self) -> dict[str, str]:
+        return self.store.entries(self.name)
+
+    def _write_entry(
+        self, term: int, token: str, entry: str, expected: str | None, new: str
+    ) -> bool:
+        return self.store.write_entry(self.name, term, token, entry, expected, new)

@@ -1,0 +1,540 @@
+"""The election state machine: every decision about who leads is made here, on one thread.
+
+:class:`Election` owns no thread and never sleeps. Its owner feeds it what the change feed
+delivered (:meth:`Election.observe`, :meth:`Election.feed_lost`, ...) and calls
+:meth:`Election.step` with the current time; ``step`` does whatever is due (renew, claim, read)
+and returns the seconds until it next needs to run. With an injected clock the whole machine is
+testable without threads or sleeps.
+
+Safety rests on three rules:
+
+* every change of holder is a compare-and-set in the store that raises the term;
+* a follower claims only after it has seen the record unchanged for a random time of at least
+  ``election_timeout_min`` on its own monotonic clock (or right away once a leader resigned);
+* a leader stops acting on its own when ``lease_duration`` (shorter than any follower's wait)
+  has passed since it *sent* its last acknowledged renewal - whatever the feed says or not;
+* a record that is missing or not ours (the store lost it, or never had it) is claimed at once,
+  but the new leader acts only ``election_timeout_min`` after sending its claim: any leader the
+  store forgot has stopped by then, because its lease was renewed before the loss.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .backends.base import Backend, DataChanged, FeedEvent, RecordChanged
+from .errors import BackendUnavailable
+from .record import Observation, WriteResult
+from .timing import Timing
+
+__all__ = ["FOLLOWING", "Election", "Lease", "Role"]
+
+logger = logging.getLogger("celery_leaderfeed")
+
+
+class Role(str, enum.Enum):
+    """What a member is in the election (kept apart from its lifecycle status)."""
+
+    FOLLOWER = "follower"
+    LEADER = "leader"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What this member may do, as one immutable snapshot that other threads can read."""
+
+    role: Role
+    #: The term held while leader: the fencing token to pass to anything the leader writes.
+    term: int | None = None
+    token: str | None = None
+    #: Monotonic time at which the leader must stop acting unless a renewal is acknowledged.
+    deadline: float = -math.inf
+    #: Monotonic time the term was acquired.
+    acquired_at: float | None = None
+    #: Monotonic time from which the leader may act: later than ``acquired_at`` only after a
+    #: claim over a missing or foreign record, where an unseen earlier leader may still act.
+    valid_from: float = -math.inf
+
+    def valid(self, now: float) -> bool:
+        """True while this member may act as leader at monotonic time ``now``."""
+        return self.role is Role.LEADER and self.valid_from <= now < self.deadline
+
+
+FOLLOWING = Lease(Role.FOLLOWER)
+
+Emit = Callable[..., None]
+
+
+def _no_event(name: str, *args: object) -> None:
+    del name, args
+
+
+def _no_update() -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingResign:
+    term: int
+    token: str
+    nominee: str | None
+
+
+class Election:
+    """One member's view of one election. Not thread-safe: drive it from one thread."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        member_id: str,
+        token: str,
+        timing: Timing,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        emit: Emit = _no_event,
+        on_update: Callable[[], None] = _no_update,
+    ) -> None:
+        self.backend = backend
+        self.member_id = member_id
+        self.token = token
+        self.timing = timing
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.emit = emit
+        self.on_update = on_update
+
+        self.lease: Lease = FOLLOWING
+        self.known: Observation | None = None
+        #: Local time at which ``known`` last changed: followers time the leader out from here.
+        self.observed_at = -math.inf
+        self.max_term = 0
+        self.max_version = 0
+        self.announced_leader: str | None = None
+        #: Whether the current lease (if any) was announced; the first one is never pending.
+        self._announced = True
+        #: Whether our last lease ever became valid. Only then does a record still naming us
+        #: prove that nobody acts: a claim over a lost record may not have waited out yet a
+        #: leader the store forgot.
+        self._acted_on_last_term = False
+        self._warned_corrupt = False
+
+        self.election_at: float | None = None
+        self.renew_at: float | None = None
+        self.read_at: float | None = None
+        self.nominate_at: float | None = None
+        self.resign_at: float | None = None
+        self.requested_leader: str | None = None
+        self._pending_resign: _PendingResign | None = None
+
+        self.feed_up = False
+        self.feed_seen_at = -math.inf
+        #: Set when the feed seems deaf; the owner drops it and subscribes again.
+        self.feed_suspect = False
+        self.stopping = False
+
+    # -- what the owner reports ----------------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        return self.lease.role
+
+    def bootstrap(self) -> None:
+        """Read the record once before anything else happens (raises BackendUnavailable)."""
+        self.observe(self.backend.read(), self.clock(), authoritative=True)
+
+    def feed_started(self, now: float) -> None:
+        """A subscription is open: read once to cover anything written before it opened."""
+        self.feed_up = True
+        self.feed_seen_at = now
+        if self.known is not None:  # the first read comes from bootstrap()
+            self.read_at = now
+
+    def feed_lost(self, now: float) -> None:
+        """The subscription broke: read the record at the heartbeat interval until it is back."""
+        self.feed_up = False
+        self.read_at = now
+
+    def feed_event(self, event: FeedEvent, now: float) -> None:
+        self.feed_seen_at = now
+        if isinstance(event, RecordChanged):
+            self.observe(event.observation, now, authoritative=False)
+        elif isinstance(event, DataChanged):
+            self.emit("change", event.change)
+
+    def request_leader(self, member_id: str, now: float) -> None:
+        """Start handing leadership to ``member_id`` (``elect``)."""
+        self.requested_leader = member_id
+        self.nominate_at = now
+
+    # -- observing the store -------------------------------------------------------------------
+
+    def observe(self, observation: Observation, now: float, *, authoritative: bool) -> None:
+        """Take in a state of the record.
+
+        Replies to reads and writes are authoritative: they show the store as it is. Feed events
+        may arrive late or twice, so one that is not newer than what is known is dropped.
+        """
+        record = observation.record
+        known = self.known.record if self.known is not None else None
+        if record is not None:
+            self.max_term = max(self.max_term, record.term)
+            self.max_version = max(self.max_version, record.version)
+            if not authoritative and known is not None and record.version <= known.version:
+                return
+        if observation.same_state(self.known):
+            self.known = observation  # keep the newest store clock
+            return
+        self.known = observation
+        self.observed_at = now
+        self._report_foreign(observation)
+
+        if self.lease.role is Role.LEADER:
+            if record is None or record.token != self.token or record.term != self.lease.term:
+                holder = "nobody" if record is None else repr(record.holder)
+                self._step_down(now, f"the record now names {holder}")
+            elif record.nominee is not None and record.nominee != self.member_id:
+                self.request_leader(record.nominee, now)
+        pending = self._pending_resign
+        if pending is not None and (record is None or record.token != pending.token):
+            self._pending_resign = None
+            self.resign_at = None
+        if self.requested_leader is not None:
+            self.nominate_at = now
+        self._announce_leader()
+        self._schedule_election(now)
+        self.on_update()
+
+    def _report_foreign(self, observation: Observation) -> None:
+        if observation.corrupt and not self._warned_corrupt:
+            self._warned_corrupt = True
+            logger.warning(
+                "leaderfeed %r: the leader record in %s is not one of ours; treating it as "
+                "no leader until it is replaced",
+                self.backend.name,
+                self.backend.display_url,
+            )
+        elif not observation.corrupt:
+            self._warned_corrupt = False
+
+    def _announce_leader(self) -> None:
+        holder = self.known.leader_id if self.known is not None else None
+        if holder != self.announced_leader:
+            self.announced_leader = holder
+            term = self.known.record.term if self.known and self.known.record else None
+            logger.info(
+                "leaderfeed %r: leader is %s (term %s)",
+                self.backend.name,
+                holder or "vacant",
+                term,
+            )
+            self.emit("new_leader", holder)
+
+    def _schedule_election(self, now: float) -> None:
+        """When this follower will try to claim, given what it knows."""
+        if self.lease.role is Role.LEADER or self.stopping or self.known is None:
+            self.election_at = None
+            return
+        record = self.known.record
+        low, high = self.timing.election_timeout_min, self.timing.election_timeout_max
+        nominee_elsewhere = (
+            record is not None and record.nominee is not None and record.nominee != self.member_id
+        )
+        if record is None:
+            # Missing or foreign: waiting would prove nothing (the store may have forgotten a
+            # live leader); the claim instead takes effect one timeout later (see _claim).
+            self.election_at = now
+        elif record.vacant:
+            # A resigned leader stopped acting before it wrote this: claim at once, but let a
+            # nominee go first.
+            self.election_at = self.observed_at + low if nominee_elsewhere else now
+        elif (
+            record.token == self.token
+            and self._acted_on_last_term
+            and self._pending_resign is None
+            and not nominee_elsewhere
+        ):
+            # Our own term, on which we already stopped acting: nobody else can be acting on it.
+            self.election_at = now
+        else:
+            wait = self.rng.uniform(low, high) + (low if nominee_elsewhere else 0.0)
+            self.election_at = self.observed_at + wait
+
+    # -- the clock -------------------------------------------------------------------------------
+
+    def step(self, now: float) -> float:
+        """Do whatever is due at ``now``; return the seconds until something is due again."""
+        lease = self.lease
+        if lease.role is Role.LEADER and now >= lease.deadline:
+            self._step_down(now, "no renewal was acknowledged within the lease")
+        self._announce_leadership(now)
+        if self._due(self.resign_at, now):
+            self._resign_pending()
+        if self.lease.role is Role.LEADER and self._due(self.renew_at, now):
+            self._renew()
+        if self._due(self.nominate_at, now):
+            self._pursue_request(self.clock())
+        if self.lease.role is Role.FOLLOWER and self._due(self.election_at, now):
+            self._claim()
+        if self._due(self.read_at, now):
+            self._read()
+        self._check_feed(self.clock())
+        return self._next_due(self.clock())
+
+    @staticmethod
+    def _due(at: float | None, now: float) -> bool:
+        return at is not None and at <= now
+
+    def _next_due(self, now: float) -> float:
+        deadlines = [
+            at
+            for at in (
+                self.renew_at if self.lease.role is Role.LEADER else None,
+                self.lease.deadline if self.lease.role is Role.LEADER else None,
+                self.lease.valid_from if not self._announced else None,
+                self.election_at if self.lease.role is Role.FOLLOWER else None,
+                self.read_at,
+                self.nominate_at,
+                self.resign_at,
+            )
+            if at is not None
+        ]
+        if not deadlines:
+            return self.timing.heartbeat_interval
+        return max(0.0, min(deadlines) - now)
+
+    # -- store operations ------------------------------------------------------------------------
+
+    def _retry_delay(self) -> float:
+        return self.timing.heartbeat_interval / 4
+
+    def _renew(self) -> None:
+        lease = self.lease
+        assert lease.term is not None and lease.token is not None
+        sent = self.clock()
+        try:
+            result = self.backend.renew(lease.term, lease.token)
+        except BackendUnavailable as exc:
+            self._heartbeat_failed("renewal", exc)
+            self.renew_at = self.clock() + self._retry_delay()
+            return
+        if result.ok:
+            self.lease = Lease(
+                Role.LEADER,
+                lease.term,
+                lease.token,
+                sent + self.timing.lease_duration,
+                lease.acquired_at,
+                lease.valid_from,
+            )
+            self.renew_at = sent + self.timing.heartbeat_interval
+        self.observe(result.observation, self.clock(), authoritative=True)
+        if not result.ok and self.lease.role is Role.LEADER:
+            self._step_down(self.clock(), "the store refused the renewal")
+        self.on_update()
+
+    def _claim(self) -> None:
+        known = self.known
+        assert known is not None
+        sent = self.clock()
+        try:
+            result = self.backend.claim(
+                known.version,
+                self.member_id,
+                self.token,
+                min_term=self.max_term + 1,
+                min_version=self.max_version + 1,
+            )
+        except BackendUnavailable as exc:
+            self._heartbeat_failed("claim", exc)
+            self.election_at = self.clock() + self.timing.heartbeat_interval
+            return
+        now = self.clock()
+        if result.ok:
+            # Over a record the store lost, a leader it forgot may act until its lease runs
+            # out; that lease was renewed before the loss, so before this claim was sent.
+            delay = self.timing.election_timeout_min if known.record is None else 0.0
+            self._become_leader(result, sent, sent + delay)
+        elif (
+            self.feed_up
+            and result.observation.version > known.version
+            and sent - self.observed_at >= self.timing.heartbeat_interval
+        ):
+            # The record moved on long ago and the feed never said so: it has gone deaf.
+            self.feed_suspect = True
+        if not result.ok and result.observation.same_state(known):
+            self.known = None  # unchanged yet refused (e.g. new foreign data): start waiting again
+        self.observe(result.observation, now, authoritative=True)
+
+    def _become_leader(self, result: WriteResult, sent: float, valid_from: float) -> None:
+        record = result.observation.record
+        assert record is not None
+        self.lease = Lease(
+            Role.LEADER,
+            record.term,
+            self.token,
+            sent + self.timing.lease_duration,
+            sent,
+            valid_from,
+        )
+        self.renew_at = sent + self.timing.heartbeat_interval
+        self.election_at = None
+        self._announced = False
+        if valid_from > sent:
+            logger.info(
+                "leaderfeed %r: %s claimed a lost record (term %d); acting in %.2f s",
+                self.backend.name,
+                self.member_id,
+                record.term,
+                valid_from - sent,
+            )
+        self._announce_leadership(self.clock())
+
+    def _announce_leadership(self, now: float) -> None:
+        """Tell the world once the lease is valid (at once, or after a claim's delay)."""
+        lease = self.lease
+        if self._announced or lease.role is not Role.LEADER or now < lease.valid_from:
+            return
+        self._announced = True
+        logger.info(
+            "leaderfeed %r: %s became leader (term %s)",
+            self.backend.name,
+            self.member_id,
+            lease.term,
+        )
+        self.emit("new_state", Role.LEADER)
+        self.on_update()
+
+    def _read(self) -> None:
+        try:
+            observation = self.backend.read()
+        except BackendUnavailable as exc:
+            logger.debug("leaderfeed %r: read failed: %s", self.backend.name, exc)
+            self.read_at = self.clock() + self.timing.heartbeat_interval
+            return
+        self.read_at = None if self.feed_up else self.clock() + self.timing.heartbeat_interval
+        self.observe(observation, self.clock(), authoritative=True)
+
+    def _heartbeat_failed(self, what: str, exc: BackendUnavailable) -> None:
+        logger.warning("leaderfeed %r: %s failed: %s", self.backend.name, what, exc)
+        self.emit("heartbeat_error", exc)
+
+    def _pursue_request(self, now: float) -> None:
+        """Move towards ``requested_leader`` leading."""
+        target = self.requested_leader
+        self.nominate_at = None
+        if target is None:
+            return
+        if self.lease.role is Role.LEADER:
+            self.requested_leader = None
+            if target != self.member_id:
+                self._hand_over(now, target)
+            return
+        known = self.known
+        record = known.record if known is not None else None
+        if known is None or record is None:
+            return  # no valid record to carry a nomination; retried when one appears
+        if record.token == self.token and target == self.member_id:
+            self.requested_leader = None  # our own stale term: _schedule_election claims at once
+            return
+        vacant_for_target = record.vacant and record.nominee in (None, target)
+        if record.holder == target or (vacant_for_target and target == self.member_id):
+            self.requested_leader = None  # done, or _schedule_election claims at once
+            return
+        if record.nominee == target:
+            self.requested_leader = None
+            return
+        try:
+            result = self.backend.nominate(known.version, target)
+        except BackendUnavailable as exc:
+            logger.warning(
+                "leaderfeed %r: nominating %s failed: %s", self.backend.name, target, exc
+            )
+            self.nominate_at = self.clock() + self._retry_delay()
+            return
+        if result.ok:
+            self.requested_leader = None
+        self.observe(result.observation, self.clock(), authoritative=True)
+
+    def _hand_over(self, now: float, nominee: str | None) -> None:
+        """Stop acting, then leave the record vacant for ``nominee`` (or anyone)."""
+        lease = self.lease
+        assert lease.term is not None and lease.token is not None
+        if now < lease.valid_from:
+            # A vacancy tells followers that nobody acts. Until our claim over a lost record
+            # has waited out any leader the store forgot, that would be untrue: let the record
+            # time out instead (followers' waits already cover the rest of ours).
+            self._step_down(now, "stepping down without resigning: the claim is still waiting")
+            return
+        self._pending_resign = _PendingResign(lease.term, lease.token, nominee)
+        self._step_down(now, f"handing over to {nominee}" if nominee else "resigning")
+        self._resign_pending()
+
+    def _resign_pending(self) -> None:
+        pending = self._pending_resign
+        self.resign_at = None
+        if pending is None:
+            return
+        try:
+            result = self.backend.resign(pending.term, pending.token, pending.nominee)
+        except BackendUnavailable as exc:
+            logger.warning("leaderfeed %r: resigning failed: %s", self.backend.name, exc)
+            self.resign_at = self.clock() + self._retry_delay()
+            return
+        self._pending_resign = None
+        self.observe(result.observation, self.clock(), authoritative=True)
+        self._schedule_election(self.clock())
+
+    def _step_down(self, now: float, reason: str) -> None:
+        if self.lease.role is not Role.LEADER:
+            return
+        term = self.lease.term
+        announced, self._announced = self._announced, True
+        self._acted_on_last_term = announced
+        self.lease = FOLLOWING
+        self.renew_at = None
+        logger.info(
+            "leaderfeed %r: %s is follower again (term %s): %s",
+            self.backend.name,
+            self.member_id,
+            term,
+            reason,
+        )
+        if announced:  # a leader that never got to act was never announced
+            self.emit("new_state", Role.FOLLOWER)
+        self._schedule_election(now)
+        self.on_update()
+
+    def _check_feed(self, now: float) -> None:
+        """A leader hears its own renewals on the feed; silence means the feed went deaf."""
+        lease = self.lease
+        if (
+            self.feed_up
+            and lease.role is Role.LEADER
+            and lease.acquired_at is not None
+            and now - max(self.feed_seen_at, lease.acquired_at) > 3 * self.timing.heartbeat_interval
+        ):
+            self.feed_suspect = True
+            self.feed_seen_at = now
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop for good: a leader stops acting, then resigns so a follower takes over at once."""
+        self.stopping = True
+        self.election_at = None
+        self.nominate_at = None
+        if self.lease.role is Role.LEADER:
+            self._hand_over(self.clock(), None)
+        elif self._pending_resign is not None:
+            self._resign_pending()
+        self.resign_at = None

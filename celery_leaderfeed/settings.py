@@ -1,0 +1,229 @@
+"""Celery settings for leaderfeed, resolved once: explicit value, then ``app.conf``, then default.
+
+Settings are lowercase with the ``leaderfeed_`` prefix and are read with ``app.conf.get`` so
+``app.config_from_object(..., namespace="CELERY")`` (Django's ``CELERY_LEADERFEED_BACKEND``)
+works. ``celery inspect conf`` / ``celery report`` hide the password of ``leaderfeed_backend``
+because the key contains "backend"; keys inside ``leaderfeed_backend_options`` that look secret
+(password, token, key...) are masked too.
+
+================================== ===================== =========================================
+setting                            default               meaning
+================================== ===================== =========================================
+``leaderfeed_backend``             the broker URL if it  store holding the election (``redis://``,
+                                   is Redis              ``mongodb://``, ``rethinkdb://``, ...)
+``leaderfeed_backend_options``     ``{}``                backend options (e.g. MongoDB collection)
+``leaderfeed_name``                ``app.main``          election name: workers sharing it elect
+                                   (or ``"celery"``)     one leader
+``leaderfeed_heartbeat_interval``  ``1.0``               seconds between leader renewals
+``leaderfeed_election_timeout_min`` ``3.0``              follower wait before claiming, lower bound
+``leaderfeed_election_timeout_max`` ``4.0``              ... upper bound (crash failover time)
+``leaderfeed_operation_timeout``   heartbeat interval    bound on every store call
+``leaderfeed_follower_policy``     ``"skip"``            ``@leader_only`` on a follower: ``skip``,
+                                                         ``retry`` (later) or ``raise``
+``leaderfeed_retry_delay``         election timeout max  countdown of the ``retry`` policy
+``leaderfeed_misfire_policy``      ``"run_once"``        runs missed during a failover gap:
+                                                         ``run_once``, ``skip`` or ``catch_up``
+``leaderfeed_catch_up_limit``      ``10``                at most this many missed runs per entry
+                                                         are sent under ``catch_up``
+``leaderfeed_beat_name``           ``<name>.beat``       election of standalone ``celery beat``
+                                                         processes (an embedded beat follows
+                                                         its worker's election)
+================================== ===================== =========================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from .backends import backend_class
+from .errors import ConfigurationError
+from .timing import Timing
+from .urls import url_scheme
+
+__all__ = [
+    "DEFAULTS",
+    "FOLLOWER_POLICIES",
+    "MISFIRE_POLICIES",
+    "LeaderfeedSettings",
+    "resolve_settings",
+]
+
+FollowerPolicy = Literal["skip", "retry", "raise"]
+MisfirePolicy = Literal["run_once", "skip", "catch_up"]
+FOLLOWER_POLICIES: tuple[FollowerPolicy, ...] = ("skip", "retry", "raise")
+MISFIRE_POLICIES: tuple[MisfirePolicy, ...] = ("run_once", "skip", "catch_up")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+#: Defaults registered with ``app.add_defaults`` by ``install(app)`` (backend and name are
+#: derived from the app when unset).
+DEFAULTS: dict[str, Any] = {
+    "leaderfeed_backend": None,
+    "leaderfeed_backend_options": {},
+    "leaderfeed_name": None,
+    "leaderfeed_heartbeat_interval": 1.0,
+    "leaderfeed_election_timeout_min": 3.0,
+    "leaderfeed_election_timeout_max": 4.0,
+    "leaderfeed_operation_timeout": None,
+    "leaderfeed_follower_policy": "skip",
+    "leaderfeed_retry_delay": None,
+    "leaderfeed_misfire_policy": "run_once",
+    "leaderfeed_catch_up_limit": 10,
+    "leaderfeed_beat_name": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderfeedSettings:
+    """Every leaderfeed setting of one app, validated."""
+
+    backend_url: str
+    name: str
+    timing: Timing
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    follower_policy: FollowerPolicy = "skip"
+    retry_delay: float = 4.0
+    misfire_policy: MisfirePolicy = "run_once"
+    catch_up_limit: int = 10
+    beat_name: str = "celery.beat"
+
+    def feed_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`~celery_leaderfeed.LeaderFeed` (backend URL aside)."""
+        return {
+            "name": self.name,
+            "heartbeat_interval": self.timing.heartbeat_interval,
+            "election_timeout_min": self.timing.election_timeout_min,
+            "election_timeout_max": self.timing.election_timeout_max,
+            "operation_timeout": self.timing.operation_timeout,
+            "options": dict(self.backend_options),
+        }
+
+
+def _lookup(app: Any, overrides: Mapping[str, Any], key: str) -> Any:
+    """Explicit override (e.g. a worker CLI option), then the app's configuration."""
+    value = overrides.get(key)
+    if value is not None:
+        return value
+    value = app.conf.get(key)
+    return DEFAULTS.get(key) if value is None else value
+
+
+def _default_backend(app: Any) -> str:
+    broker = app.conf.get("broker_url")
+    if isinstance(broker, str):
+        for candidate in broker.split(";"):  # kombu failover lists
+            url = candidate.strip()
+            if url and url_scheme(url) in _REDIS_SCHEMES:
+                return url
+    raise ConfigurationError(
+        "leaderfeed_backend is not set and the broker is not Redis: set leaderfeed_backend "
+        "to a redis://, mongodb:// or rethinkdb:// URL"
+    )
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigurationError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    return cast(str, value)
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}") from None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(f"{key} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> LeaderfeedSettings:
+    """Read and validate every ``leaderfeed_*`` setting of ``app``.
+
+    ``overrides`` maps setting names (``leaderfeed_backend``...) to explicit values, such as
+    the worker's ``--leaderfeed-*`` options; ``None`` values are ignored. Raises
+    :class:`ConfigurationError` with one line naming the setting at fault.
+    """
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise ConfigurationError(f"unknown leaderfeed setting(s): {', '.join(sorted(unknown))}")
+
+    def get(key: str) -> Any:
+        return _lookup(app, given, key)
+
+    backend_url = get("leaderfeed_backend") or _default_backend(app)
+    if not isinstance(backend_url, str):
+        raise ConfigurationError(f"leaderfeed_backend must be a URL string, got {backend_url!r}")
+    backend_class(backend_url)  # unknown scheme or missing driver: fail now, in one line
+
+    name = get("leaderfeed_name") or getattr(app, "main", None) or "celery"
+    if not isinstance(name, str):
+        raise ConfigurationError(f"leaderfeed_name must be a string, got {name!r}")
+    if name == "__main__":
+        name = "celery"
+
+    operation_timeout = get("leaderfeed_operation_timeout")
+    timing = Timing(
+        heartbeat_interval=_number(
+            "leaderfeed_heartbeat_interval", get("leaderfeed_heartbeat_interval")
+        ),
+        election_timeout_min=_number(
+            "leaderfeed_election_timeout_min", get("leaderfeed_election_timeout_min")
+        ),
+        election_timeout_max=_number(
+            "leaderfeed_election_timeout_max", get("leaderfeed_election_timeout_max")
+        ),
+        operation_timeout=None
+        if operation_timeout is None
+        else _number("leaderfeed_operation_timeout", operation_timeout),
+    )
+
+    options = get("leaderfeed_backend_options")
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(f"leaderfeed_backend_options must be a mapping, got {options!r}")
+
+    retry_delay = get("leaderfeed_retry_delay")
+    limit = get("leaderfeed_catch_up_limit")
+    if isinstance(limit, str) and limit.isdigit():
+        limit = int(limit)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigurationError(
+            f"leaderfeed_catch_up_limit must be a positive integer, got {limit!r}"
+        )
+
+    beat_name = get("leaderfeed_beat_name") or f"{name}.beat"
+    if not isinstance(beat_name, str):
+        raise ConfigurationError(f"leaderfeed_beat_name must be a string, got {beat_name!r}")
+
+    return LeaderfeedSettings(
+        backend_url=backend_url,
+        name=name,
+        timing=timing,
+        backend_options=dict(options),
+        follower_policy=cast(
+            FollowerPolicy,
+            _choice(
+                "leaderfeed_follower_policy", get("leaderfeed_follower_policy"), FOLLOWER_POLICIES
+            ),
+        ),
+        retry_delay=timing.election_timeout_max
+        if retry_delay is None
+        else _number("leaderfeed_retry_delay", retry_delay),
+        misfire_policy=cast(
+            MisfirePolicy,
+            _choice(
+                "leaderfeed_misfire_policy", get("leaderfeed_misfire_policy"), MISFIRE_POLICIES
+            ),
+        ),
+        catch_up_limit=limit,
+        beat_name=beat_name,
+    )

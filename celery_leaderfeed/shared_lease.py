@@ -1,0 +1,231 @@
+"""The worker's lease, shared with its child processes through one small shared-memory segment.
+
+Prefork pool children and the embedded beat process (``celery worker -B``) must know whether
+their worker leads without a store round trip per task. The worker's engine thread writes each
+lease change (renewals included) into a segment named after the worker's PID; children attach
+by their parent's PID, so replacement children and children started with ``spawn`` find it too,
+and a child whose worker died (parent PID changed) finds nothing and stops acting at once.
+``time.monotonic`` is CLOCK_MONOTONIC, one clock for every process on the machine, so a child
+checks the deadline itself: a stalled or killed worker stops extending it.
+
+Layout, written under a sequence lock (odd while a write is in progress)::
+
+    seq u64 | owner pid i64 | term i64 | valid from f64 | deadline f64 | role u8 | token 32s |
+    leader len u16 | leader 255s | member len u16 | member 255s
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .election import Lease, Role
+
+if TYPE_CHECKING:
+    from .feed import LeaderFeed
+
+__all__ = ["SharedLease", "SharedView", "segment_name"]
+
+_SEQ = struct.Struct("<Q")
+_BODY = struct.Struct("<qqddB32sH255sH255s")
+_SIZE = _SEQ.size + _BODY.size
+_PREFIX = "leaderfeed-"
+_SHM_DIR = Path("/dev/shm")  # noqa: S108 - where Linux keeps POSIX shared memory, not a temp dir
+
+
+def segment_name(election: str, owner_pid: int) -> str:
+    """Segment of ``owner_pid``'s lease in ``election`` (hashed: names are short on macOS)."""
+    digest = hashlib.blake2s(election.encode(), digest_size=6).hexdigest()
+    return f"{_PREFIX}{owner_pid}-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedView:
+    """One consistent reading of the worker's lease."""
+
+    role: Role
+    term: int | None
+    token: str | None
+    valid_from: float
+    deadline: float
+    leader_id: str | None
+    member_id: str
+    owner_pid: int
+
+    def is_leader(self, now: float | None = None) -> bool:
+        """True while the worker holds a lease it may act on (checked against the clock)."""
+        moment = time.monotonic() if now is None else now
+        return self.role is Role.LEADER and self.valid_from <= moment < self.deadline
+
+
+def _encode(text: str | None, limit: int) -> bytes:
+    return (text or "").encode("utf-8")[:limit]
+
+
+class SharedLease:
+    """A lease segment: the worker creates and writes it, its children attach and read it."""
+
+    def __init__(self, memory: shared_memory.SharedMemory, *, owner: bool) -> None:
+        self._memory = memory
+        self._owner = owner
+        self._seq = 0
+
+    @property
+    def name(self) -> str:
+        return self._memory.name
+
+    @classmethod
+    def create(cls, election: str, member_id: str) -> SharedLease:
+        """Create this process's segment (before the pool forks), initially follower."""
+        _remove_orphans()
+        name = segment_name(election, os.getpid())
+        _unlink(name)  # left by an earlier process that had our PID
+        lease = cls(_untracked(name, create=True), owner=True)
+        lease.revoke(member_id)
+        return lease
+
+    @classmethod
+    def attach(cls, election: str, owner_pid: int | None = None) -> SharedLease | None:
+        """Attach to the segment of ``owner_pid`` (default: the parent process); None if absent."""
+        pid = os.getppid() if owner_pid is None else owner_pid
+        try:
+            memory = _untracked(segment_name(election, pid))
+        except FileNotFoundError:
+            return None
+        return cls(memory, owner=False)
+
+    # -- writing (the worker's engine thread) -----------------------------------------------------
+
+    def publish(self, feed: LeaderFeed) -> None:
+        """Copy ``feed``'s lease into the segment; use as ``feed.add_observer(lease.publish)``."""
+        self._write(feed.lease, feed.leader_id, feed.id)
+
+    def revoke(self, member_id: str) -> None:
+        """Mark the worker as follower (before resigning, or when its engine stops)."""
+        self._write(Lease(Role.FOLLOWER), None, member_id)
+
+    def _write(self, lease: Lease, leader_id: str | None, member_id: str) -> None:
+        buffer = self._buffer()
+        leader = _encode(leader_id, 255)
+        member = _encode(member_id, 255)
+        self._seq += 1  # odd: readers retry until the write is complete
+        _SEQ.pack_into(buffer, 0, self._seq)
+        _BODY.pack_into(
+            buffer,
+            _SEQ.size,
+            os.getpid(),
+            lease.term or 0,
+            lease.valid_from,
+            lease.deadline,
+            1 if lease.role is Role.LEADER else 0,
+            _encode(lease.token, 32),
+            len(leader),
+            leader,
+            len(member),
+            member,
+        )
+        self._seq += 1
+        _SEQ.pack_into(buffer, 0, self._seq)
+
+    # -- reading (any process) ------------------------------------------------------------------
+
+    def read(self) -> SharedView:
+        buffer = self._buffer()
+        while True:
+            before = _SEQ.unpack_from(buffer, 0)[0]
+            fields = _BODY.unpack_from(buffer, _SEQ.size)
+            if before % 2 == 0 and _SEQ.unpack_from(buffer, 0)[0] == before:
+                break
+        pid, term, valid_from, deadline, role, token, leader_len, leader, member_len, member = fields
+        token_text = token.rstrip(b"\0").decode("ascii", "replace")
+        return SharedView(
+            role=Role.LEADER if role else Role.FOLLOWER,
+            term=term or None,
+            token=token_text or None,
+            valid_from=valid_from,
+            deadline=deadline,
+            leader_id=leader[:leader_len].decode("utf-8", "replace") or None,
+            member_id=member[:member_len].decode("utf-8", "replace"),
+            owner_pid=pid,
+        )
+
+    def _buffer(self) -> memoryview:
+        buffer = self._memory.buf
+        if buffer is None:
+            raise ValueError("the shared lease segment is closed")
+        return buffer
+
+    def close(self) -> None:
+        """Detach; the owner also removes the segment."""
+        with contextlib.suppress(Exception):
+            self._memory.close()
+        if self._owner:
+            _unlink(self._memory.name)
+
+
+def _untracked(name: str, *, create: bool = False) -> shared_memory.SharedMemory:
+    """Open a segment that no resource tracker will unlink behind the owner's back.
+
+    Before Python 3.13 every process that opens a segment registers it with the resource
+    tracker that forked children share, and the tracker unlinks it when that process exits:
+    the next pool child would find nothing. The owner removes the segment itself (on close,
+    and orphans of killed workers at the next start).
+    """
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, create=create, size=_SIZE, track=False)
+    if not create:
+        # Attaching never talks to the tracker: the embedded beat process of ``celery worker
+        # -B`` closed every inherited descriptor, the tracker's pipe included (EBADF).
+        with _tracker_muted():
+            return shared_memory.SharedMemory(name=name, size=_SIZE)
+    memory = shared_memory.SharedMemory(name=name, create=create, size=_SIZE)
+    resource_tracker.unregister(memory._name, "shared_memory")  # type: ignore[attr-defined]
+    return memory
+
+
+_tracker_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _tracker_muted() -> Iterator[None]:
+    """Make ``resource_tracker.register`` a no-op for the duration (Python < 3.13)."""
+    with _tracker_lock:
+        register = resource_tracker.register
+        resource_tracker.register = lambda name, rtype: None
+        try:
+            yield
+        finally:
+            resource_tracker.register = register
+
+
+def _unlink(name: str) -> None:
+    # SharedMemory.unlink() would also unregister from the tracker, which never knew it.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_SHM_DIR / name.lstrip("/"))
+
+
+def _remove_orphans() -> None:
+    """Unlink segments whose worker died without cleaning up (kill -9)."""
+    if not _SHM_DIR.is_dir():
+        return
+    for path in _SHM_DIR.glob(f"{_PREFIX}*"):
+        pid_text = path.name[len(_PREFIX) :].partition("-")[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        except PermissionError:
+            continue  # alive, owned by someone else

@@ -1,0 +1,338 @@
+"""The election state machine, on a fake clock: deterministic, no threads, no sleeps."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+
+from celery_leaderfeed.backends.base import RecordChanged
+from celery_leaderfeed.election import Role
+from celery_leaderfeed.record import LeaderRecord, Observation
+from tests.unit.simulation import TIMING, Cluster, roles
+
+HEARTBEAT = TIMING.heartbeat_interval
+LOW, HIGH = TIMING.election_timeout_min, TIMING.election_timeout_max
+
+
+def settle(cluster: Cluster) -> str:
+    cluster.run_until(lambda: cluster.leader() is not None, HIGH + 1)
+    leader = cluster.leader()
+    assert leader is not None
+    cluster.run(0.1)
+    return leader.id
+
+
+# -- electing ----------------------------------------------------------------------------------
+
+
+def test_a_fresh_store_is_claimed_at_once_but_acted_on_after_one_timeout() -> None:
+    # A missing record may mean the store was wiped under a live leader, whose lease ran from
+    # before the wipe: acting one election_timeout_min after the claim outlasts it.
+    cluster = Cluster(2)
+    started = cluster.clock()
+    cluster.tick()
+    claimed = cluster.store.observe("sim").record
+    assert claimed is not None and claimed.holder is not None
+    assert claimed.term == int(cluster.store.clock() * 1000)  # the store clock, in ms
+    assert cluster.leader() is None
+    took = cluster.run_until(lambda: cluster.leader() is not None, HIGH + 1)
+    assert LOW - 0.02 <= took <= LOW + 0.02
+    member = cluster.member(claimed.holder)
+    assert roles(member) == [Role.LEADER]  # announced once, when it may act
+    assert cluster.store.operations.count(("sim", "claim")) == 1
+    assert started < cluster.clock()
+
+
+def test_the_leader_renews_every_heartbeat_and_followers_never_claim() -> None:
+    cluster = Cluster(3)
+    settle(cluster)
+    renewals_before = cluster.store.operations.count(("sim", "renew"))
+    cluster.run(20 * HEARTBEAT)
+    renewals = cluster.store.operations.count(("sim", "renew")) - renewals_before
+    assert 19 <= renewals <= 21
+    assert len(cluster.terms()) == 1
+    assert cluster.store.operations.count(("sim", "claim")) == 1
+
+
+def test_follower_timeouts_are_random_within_the_bounds() -> None:
+    cluster = Cluster(12, seed=7)
+    settle(cluster)
+    waits = [
+        m.election.election_at - m.election.observed_at  # type: ignore[operator]
+        for m in cluster.members
+        if not m.leading
+    ]
+    assert all(LOW <= wait <= HIGH for wait in waits)
+    assert len({round(wait, 6) for wait in waits}) == len(waits)
+
+
+# -- losing the leader ---------------------------------------------------------------------------
+
+
+def test_a_crashed_leader_is_replaced_within_the_maximum_election_timeout() -> None:
+    cluster = Cluster(3)
+    old = cluster.member(settle(cluster))
+    cluster.members.remove(old)  # crashed: no more ticks, no resignation
+    took = cluster.run_until(lambda: cluster.leader() is not None, HIGH + 1)
+    assert took <= HIGH + HEARTBEAT
+    assert len(cluster.terms()) == 2
+
+
+def test_a_paused_leader_stops_acting_before_anyone_can_claim() -> None:
+    cluster = Cluster(3)
+    old = cluster.member(settle(cluster))
+    old.paused = True
+    lost_at = cluster.run_until(lambda: not old.leading, LOW + 1)
+    claimed_at = cluster.run_until(lambda: cluster.leader() is not None, HIGH + 1) + lost_at
+    assert lost_at <= TIMING.lease_duration
+    assert claimed_at > lost_at
+    # Resumed, it learns it lost without ever acting again, and does not fight back.
+    old.paused = False
+    cluster.run(5 * HEARTBEAT)
+    assert not old.leading
+    assert roles(old) == [Role.LEADER, Role.FOLLOWER]
+    assert len(cluster.terms()) == 2
+
+
+def test_a_leader_that_cannot_reach_the_store_stops_within_its_lease() -> None:
+    cluster = Cluster(3)
+    old = cluster.member(settle(cluster))
+    with cluster.store.outage():
+        lost = cluster.run_until(lambda: not old.leading, LOW + 1)
+        assert lost <= TIMING.lease_duration + 0.02
+        cluster.run(3 * HIGH)  # nobody can claim during the outage
+        assert cluster.leader() is None
+    heartbeat_errors = [args for name, args in old.events if name == "heartbeat_error"]
+    assert heartbeat_errors
+    # Back: the old holder knows it stopped acting on its own term, so it claims at once.
+    took = cluster.run_until(lambda: cluster.leader() is not None, 2 * HEARTBEAT)
+    assert took <= 1.5 * HEARTBEAT
+    assert len(cluster.terms()) == 2
+
+
+def test_a_wiped_store_keeps_terms_rising_and_waits_out_the_old_lease() -> None:
+    cluster = Cluster(3)
+    old = cluster.member(settle(cluster))
+    old_term = old.election.lease.term
+    assert old_term is not None
+    cluster.run(2.5)
+    cluster.store.put_raw("sim", None)  # e.g. Redis restarted without persistence
+    wiped_at = cluster.clock()
+    stopped = cluster.run_until(lambda: not old.leading, 2 * HEARTBEAT)
+    assert stopped <= HEARTBEAT + 0.02  # its next renewal finds the record gone
+    cluster.run_until(lambda: cluster.leader() is not None, LOW + 2 * HEARTBEAT)
+    assert cluster.clock() - wiped_at >= LOW
+    record = cluster.store.observe("sim").record
+    assert record is not None and record.term > old_term
+
+
+def test_a_wipe_within_a_heartbeat_of_a_claim_cannot_make_two_leaders() -> None:
+    # A member that slept through a claim sees "missing" before and after a second wipe:
+    # the same state, yet a leader came and went in between. Found by the randomized test.
+    cluster = Cluster(3)
+    sleeper = cluster.members[2]
+    sleeper.paused = True
+    cluster.run_until(lambda: cluster.leader() is not None, HIGH + 1)
+    cluster.store.put_raw("sim", None)
+    cluster.run(0.3)
+    sleeper.paused = False
+    cluster.run(2 * HIGH)
+    cluster.store.put_raw("sim", None)
+    cluster.run(2 * HIGH)
+    assert len(cluster.terms()) >= 2
+    assert cluster.terms() == sorted(cluster.terms())
+
+
+# -- handing over ----------------------------------------------------------------------------------
+
+
+def test_shutdown_resigns_and_a_follower_claims_in_the_same_instant() -> None:
+    cluster = Cluster(3)
+    old = cluster.member(settle(cluster))
+    old.election.shutdown()
+    assert not old.leading
+    cluster.members.remove(old)
+    cluster.tick()  # no time passes: the feed carries the vacancy
+    assert cluster.leader() is not None
+    assert len(cluster.terms()) == 2
+
+
+def test_elect_from_a_bystander_hands_over_to_the_nominee() -> None:
+    cluster = Cluster(3)
+    leader = settle(cluster)
+    nominee, bystander = (m for m in cluster.members if m.id != leader)
+    bystander.election.request_leader(nominee.id, cluster.clock())
+    took = cluster.run_until(lambda: nominee.leading, HEARTBEAT)
+    assert took <= 0.05
+    assert [m.id for m in cluster.leaders()] == [nominee.id]
+    assert not cluster.member(leader).leading
+    cluster.run(3 * HIGH)
+    assert cluster.leader() is nominee
+
+
+def test_elect_self_when_following() -> None:
+    cluster = Cluster(2)
+    leader = settle(cluster)
+    other = next(m for m in cluster.members if m.id != leader)
+    other.election.request_leader(other.id, cluster.clock())
+    cluster.run_until(lambda: other.leading, HEARTBEAT)
+    assert len(cluster.terms()) == 2
+
+
+def test_a_nominee_that_never_takes_over_delays_the_others_by_one_timeout_only() -> None:
+    cluster = Cluster(3)
+    leader = cluster.member(settle(cluster))
+    leader.election.request_leader("ghost", cluster.clock())
+    cluster.tick()
+    assert cluster.leader() is None
+    took = cluster.run_until(lambda: cluster.leader() is not None, 2 * LOW + 1)
+    assert LOW <= took <= LOW + 0.05
+
+
+def test_a_claim_over_a_lost_record_is_not_handed_over_before_it_waited() -> None:
+    # Found by the randomized test: m1 claims a wiped record, is asked to hand over to m3
+    # before its wait is over, and a vacancy would have let m3 act beside the leader the
+    # store forgot. It steps down without resigning; the record times out instead.
+    cluster = Cluster(3)
+    forgotten = cluster.member(settle(cluster))
+    forgotten.deaf = True  # keeps acting on its lease, unaware
+    cluster.store.put_raw("sim", None)
+    forgotten.paused = True  # ... and its renewals do not tell it either
+    wiped_at = cluster.clock()
+    cluster.tick()
+    claimant = next(
+        m for m in cluster.members if m.election.lease.role is Role.LEADER and m is not forgotten
+    )
+    nominee = next(m for m in cluster.members if m not in (forgotten, claimant))
+    claimant.election.request_leader(nominee.id, cluster.clock())
+    cluster.tick()
+    assert claimant.election.lease.role is Role.FOLLOWER
+    assert cluster.store.operations.count(("sim", "resign")) == 0
+    successor = cluster.run_until(
+        lambda: any(m.leading for m in cluster.members if m is not forgotten), 2 * HIGH + 1
+    )
+    assert successor >= LOW  # nobody else acted while the forgotten lease could still run
+    assert cluster.clock() - wiped_at >= LOW
+
+
+# -- what the feed says ------------------------------------------------------------------------------
+
+
+def test_late_feed_events_are_ignored() -> None:
+    cluster = Cluster(2)
+    settle(cluster)
+    follower = next(m for m in cluster.members if not m.leading)
+    known = follower.election.known
+    assert known is not None and known.record is not None
+    stale = LeaderRecord("ghost", "tok", known.record.term, known.record.version - 1)
+    follower.election.feed_event(RecordChanged(Observation(stale)), cluster.clock())
+    assert follower.election.known == known
+
+
+def test_a_follower_whose_feed_went_deaf_notices_on_its_failed_claim() -> None:
+    cluster = Cluster(2)
+    settle(cluster)
+    follower = next(m for m in cluster.members if not m.leading)
+    follower.deaf = True
+    cluster.run_until(lambda: follower.election.feed_suspect, HIGH + 1)
+    assert len(cluster.terms()) == 1
+
+
+def test_a_leader_whose_feed_went_deaf_notices_its_own_silence() -> None:
+    cluster = Cluster(1)
+    leader = cluster.member(settle(cluster))
+    leader.deaf = True
+    took = cluster.run_until(lambda: leader.election.feed_suspect, 5 * HEARTBEAT)
+    # 3 heartbeats after the last renewal it heard, which came at most one heartbeat earlier.
+    assert 2 * HEARTBEAT <= took <= 3 * HEARTBEAT + 0.05
+    assert leader.leading
+
+
+def test_a_broken_feed_falls_back_to_reading_every_heartbeat() -> None:
+    cluster = Cluster(2)
+    leader = cluster.member(settle(cluster))
+    follower = next(m for m in cluster.members if m is not leader)
+    follower.election.feed_lost(cluster.clock())
+    follower.subscription = None
+    follower.paused = False
+    reads = [0]
+    original = follower.backend._read
+
+    def counting_read() -> Observation:
+        reads[0] += 1
+        return original()
+
+    follower.backend._read = counting_read  # type: ignore[method-assign]
+    follower.pump = lambda: None  # type: ignore[method-assign]  # stays unsubscribed
+    cluster.run(5 * HEARTBEAT)
+    assert 4 <= reads[0] <= 6
+    # Reads keep it informed: it never times the live leader out.
+    cluster.run(3 * HIGH)
+    assert len(cluster.terms()) == 1
+
+
+# -- foreign data ------------------------------------------------------------------------------------
+
+
+def test_foreign_data_is_no_leader_warned_once_and_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="celery_leaderfeed")
+    cluster = Cluster(2)
+    cluster.store.put_raw("sim", '{"format": "somebody-else", "holder": 3}')
+    took = cluster.run_until(lambda: cluster.leader() is not None, HIGH + 1)
+    assert LOW - 0.02 <= took <= LOW + 0.05  # claimed at once, acted on one timeout later
+    cluster.run(HIGH)
+    warnings = [r for r in caplog.records if "not one of ours" in r.getMessage()]
+    assert len(warnings) == 2  # one per member, not one per tick
+    assert len(cluster.terms()) == 1
+
+
+def test_foreign_data_over_a_live_record_demotes_its_leader_at_the_next_renewal() -> None:
+    cluster = Cluster(2)
+    old = cluster.member(settle(cluster))
+    cluster.store.put_raw("sim", "[1, 2, 3]")
+    overwritten_at = cluster.clock()
+    stopped = cluster.run_until(lambda: not old.leading, 2 * HEARTBEAT)
+    assert stopped <= HEARTBEAT + 0.02
+    cluster.run_until(lambda: cluster.leader() is not None, LOW + 2 * HEARTBEAT)
+    assert cluster.clock() - overwritten_at >= LOW
+    assert len(cluster.terms()) == 2
+
+
+# -- randomized faults ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_random_pauses_outages_crashes_and_lossy_feeds_never_make_two_leaders(seed: int) -> None:
+    rng = random.Random(seed)
+    cluster = Cluster(4, seed=seed)
+    for _ in range(30):
+        fault = rng.choice(["pause", "outage", "deaf", "crash", "elect", "wipe", "quiet"])
+        victim = rng.choice(cluster.members)
+        if fault == "pause":
+            victim.paused = True
+            cluster.run(rng.uniform(0, 2 * HIGH))
+            victim.paused = False
+        elif fault == "outage":
+            with cluster.store.outage():
+                cluster.run(rng.uniform(0, 2 * HIGH))
+        elif fault == "deaf":
+            victim.deaf = not victim.deaf
+        elif fault == "crash" and len(cluster.members) > 1:
+            cluster.members.remove(victim)
+            cluster.add(f"{victim.id}-r{rng.randrange(1000)}")
+        elif fault == "elect":
+            target = rng.choice(cluster.members)
+            victim.election.request_leader(target.id, cluster.clock())
+        elif fault == "wipe":
+            cluster.store.put_raw("sim", None)
+        cluster.run(rng.uniform(0, HIGH))
+    # Liveness once the faults stop (deaf feeds heal by resubscribing or by failed claims).
+    for member in cluster.members:
+        member.deaf = False
+        member.paused = False
+    cluster.run_until(lambda: cluster.leader() is not None, 3 * HIGH)
+    assert cluster.terms() == sorted(cluster.terms())
