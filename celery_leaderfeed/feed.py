@@ -433,6 +433,12 @@ class LeaderFeed:
                 self._listeners.emit(Event.HEARTBEAT_ERROR.value, exc)
                 if self._take(backoff.next()) is _STOP:
                     return False
+            except Exception as exc:  # noqa: BLE001 - reported to start() and the log
+                # A configuration the store refuses (or a bug) will not heal by retrying.
+                self._drop_feed()
+                self._start_error = exc
+                logger.error("leaderfeed %r: cannot start: %s", self.name, exc)
+                return False
 
     def _loop(self, election: Election) -> None:
         while True:

@@ -146,7 +146,9 @@ class SharedLease:
             fields = _BODY.unpack_from(buffer, _SEQ.size)
             if before % 2 == 0 and _SEQ.unpack_from(buffer, 0)[0] == before:
                 break
-        pid, term, valid_from, deadline, role, token, leader_len, leader, member_len, member = fields
+        pid, term, valid_from, deadline, role, token, leader_len, leader, member_len, member = (
+            fields
+        )
         token_text = token.rstrip(b"\0").decode("ascii", "replace")
         return SharedView(
             role=Role.LEADER if role else Role.FOLLOWER,

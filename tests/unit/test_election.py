@@ -217,7 +217,7 @@ def test_a_claim_over_a_lost_record_is_not_handed_over_before_it_waited() -> Non
     assert cluster.clock() - wiped_at >= LOW
 
 
-# -- what the feed says ------------------------------------------------------------------------------
+# -- what the feed says ----------------------------------------------------------------------------
 
 
 def test_late_feed_events_are_ignored() -> None:
@@ -273,7 +273,7 @@ def test_a_broken_feed_falls_back_to_reading_every_heartbeat() -> None:
     assert len(cluster.terms()) == 1
 
 
-# -- foreign data ------------------------------------------------------------------------------------
+# -- foreign data ----------------------------------------------------------------------------------
 
 
 def test_foreign_data_is_no_leader_warned_once_and_replaced(
@@ -302,7 +302,7 @@ def test_foreign_data_over_a_live_record_demotes_its_leader_at_the_next_renewal(
     assert len(cluster.terms()) == 2
 
 
-# -- randomized faults ---------------------------------------------------------------------------------
+# -- randomized faults -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("seed", range(100))
