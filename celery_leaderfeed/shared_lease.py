@@ -8,6 +8,11 @@ and a child whose worker died (parent PID changed) finds nothing and stops actin
 ``time.monotonic`` is CLOCK_MONOTONIC, one clock for every process on the machine, so a child
 checks the deadline itself: a stalled or killed worker stops extending it.
 
+The segment is a small file in ``/dev/shm`` (memory on Linux; the temp directory elsewhere),
+memory-mapped by each process. ``multiprocessing.shared_memory`` is not used: before Python
+3.13 it registers every attachment with a resource tracker that unlinks the segment when a
+child exits, and the embedded beat process has closed the tracker's pipe anyway.
+
 Layout, written under a sequence lock (odd while a write is in progress)::
 
     seq u64 | owner pid i64 | term i64 | valid from f64 | deadline f64 | role u8 | token 32s |
@@ -18,14 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import struct
-import sys
-import threading
+import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,11 +43,12 @@ _SEQ = struct.Struct("<Q")
 _BODY = struct.Struct("<qqddB32sH255sH255s")
 _SIZE = _SEQ.size + _BODY.size
 _PREFIX = "leaderfeed-"
-_SHM_DIR = Path("/dev/shm")  # noqa: S108 - where Linux keeps POSIX shared memory, not a temp dir
+_LINUX_SHM = Path("/dev/shm")  # noqa: S108 - Linux's memory-backed file system, not a temp dir
+_SHM_DIR = _LINUX_SHM if _LINUX_SHM.is_dir() else Path(tempfile.gettempdir())
 
 
 def segment_name(election: str, owner_pid: int) -> str:
-    """Segment of ``owner_pid``'s lease in ``election`` (hashed: names are short on macOS)."""
+    """File name of ``owner_pid``'s lease in ``election`` (the name is hashed to keep it short)."""
     digest = hashlib.blake2s(election.encode(), digest_size=6).hexdigest()
     return f"{_PREFIX}{owner_pid}-{digest}"
 
@@ -75,22 +79,30 @@ def _encode(text: str | None, limit: int) -> bytes:
 class SharedLease:
     """A lease segment: the worker creates and writes it, its children attach and read it."""
 
-    def __init__(self, memory: shared_memory.SharedMemory, *, owner: bool) -> None:
+    def __init__(self, path: Path, memory: mmap.mmap, *, owner: bool) -> None:
+        self._path = path
         self._memory = memory
         self._owner = owner
         self._seq = 0
 
     @property
     def name(self) -> str:
-        return self._memory.name
+        return self._path.name
 
     @classmethod
     def create(cls, election: str, member_id: str) -> SharedLease:
         """Create this process's segment (before the pool forks), initially follower."""
         _remove_orphans()
-        name = segment_name(election, os.getpid())
-        _unlink(name)  # left by an earlier process that had our PID
-        lease = cls(_untracked(name, create=True), owner=True)
+        path = _SHM_DIR / segment_name(election, os.getpid())
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by an earlier process that had our PID
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(descriptor, _SIZE)
+            memory = mmap.mmap(descriptor, _SIZE)
+        finally:
+            os.close(descriptor)
+        lease = cls(path, memory, owner=True)
         lease.revoke(member_id)
         return lease
 
@@ -98,11 +110,16 @@ class SharedLease:
     def attach(cls, election: str, owner_pid: int | None = None) -> SharedLease | None:
         """Attach to the segment of ``owner_pid`` (default: the parent process); None if absent."""
         pid = os.getppid() if owner_pid is None else owner_pid
+        path = _SHM_DIR / segment_name(election, pid)
         try:
-            memory = _untracked(segment_name(election, pid))
+            descriptor = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
-        return cls(memory, owner=False)
+        try:
+            memory = mmap.mmap(descriptor, _SIZE, prot=mmap.PROT_READ)
+        finally:
+            os.close(descriptor)
+        return cls(path, memory, owner=False)
 
     # -- writing (the worker's engine thread) -----------------------------------------------------
 
@@ -161,59 +178,17 @@ class SharedLease:
             owner_pid=pid,
         )
 
-    def _buffer(self) -> memoryview:
-        buffer = self._memory.buf
-        if buffer is None:
+    def _buffer(self) -> mmap.mmap:
+        if self._memory.closed:
             raise ValueError("the shared lease segment is closed")
-        return buffer
+        return self._memory
 
     def close(self) -> None:
         """Detach; the owner also removes the segment."""
-        with contextlib.suppress(Exception):
-            self._memory.close()
+        self._memory.close()
         if self._owner:
-            _unlink(self._memory.name)
-
-
-def _untracked(name: str, *, create: bool = False) -> shared_memory.SharedMemory:
-    """Open a segment that no resource tracker will unlink behind the owner's back.
-
-    Before Python 3.13 every process that opens a segment registers it with the resource
-    tracker that forked children share, and the tracker unlinks it when that process exits:
-    the next pool child would find nothing. The owner removes the segment itself (on close,
-    and orphans of killed workers at the next start).
-    """
-    if sys.version_info >= (3, 13):
-        return shared_memory.SharedMemory(name=name, create=create, size=_SIZE, track=False)
-    if not create:
-        # Attaching never talks to the tracker: the embedded beat process of ``celery worker
-        # -B`` closed every inherited descriptor, the tracker's pipe included (EBADF).
-        with _tracker_muted():
-            return shared_memory.SharedMemory(name=name, size=_SIZE)
-    memory = shared_memory.SharedMemory(name=name, create=create, size=_SIZE)
-    resource_tracker.unregister(memory._name, "shared_memory")  # type: ignore[attr-defined]
-    return memory
-
-
-_tracker_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _tracker_muted() -> Iterator[None]:
-    """Make ``resource_tracker.register`` a no-op for the duration (Python < 3.13)."""
-    with _tracker_lock:
-        register = resource_tracker.register
-        resource_tracker.register = lambda name, rtype: None
-        try:
-            yield
-        finally:
-            resource_tracker.register = register
-
-
-def _unlink(name: str) -> None:
-    # SharedMemory.unlink() would also unregister from the tracker, which never knew it.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(_SHM_DIR / name.lstrip("/"))
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
 
 
 def _remove_orphans() -> None:

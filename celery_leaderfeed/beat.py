@@ -1,0 +1,539 @@
+"""``LeaderScheduler``: Celery beat that sends periodic tasks only while it leads.
+
+Where the leadership comes from:
+
+* ``celery worker -B`` on a worker running the LeaderFeedStep: beat runs in a child process and
+  follows its worker's lease (read from shared memory), so one node per cluster both runs
+  ``@leader_only`` tasks and sends periodic tasks. When the worker dies, the orphaned child stops
+  sending and exits.
+* standalone ``celery beat -S leaderfeed`` (or ``-B`` without the step): its own
+  :class:`~celery_leaderfeed.LeaderFeed` in the election ``leaderfeed_beat_name``.
+
+Why no run is sent twice or lost: every entry's state (the nominal due time of the last run
+handled, see :mod:`~celery_leaderfeed.occurrences`) lives in the store. Before a send, the leader
+*claims* the occurrence by advancing that state with ``write_entry``: a compare-and-set on the
+state it read, fenced atomically on the leader record's term and token. A leader whose term has
+ended - a paused process that wakes up, an orphaned beat child - cannot claim, and two
+schedulers racing for one occurrence cannot both win. A new leader reads the state only after
+its term began, so it continues exactly where the old one stopped. If publishing fails after
+the claim, the state is put back so the run is retried, not lost.
+
+``tick()`` never waits on the election: a follower sleeps a quarter of the heartbeat interval,
+so it takes over within that of its election; a leader wakes for the next due entry (at least
+every heartbeat interval). Store calls are bounded by the operation timeout, and a tick starts
+no new one once it has spent that long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from celery.beat import BeatLazyFunc, Scheduler
+
+from .backends import backend_from_url
+from .backends.base import Backend
+from .election import Role
+from .errors import BackendUnavailable, LeaderfeedError
+from .feed import LeaderFeed
+from .occurrences import (
+    MAX_LISTED,
+    CorruptState,
+    EntryState,
+    Step,
+    format_due,
+    next_due,
+    occurrence_id,
+    pending,
+    plan,
+    send_headers,
+)
+from .settings import LeaderfeedSettings, resolve_settings
+from .shared_lease import SharedView
+from .urls import redact_url
+
+__all__ = ["Authority", "LeaderScheduler", "Leadership", "OwnElection", "WorkerElection"]
+
+logger = logging.getLogger("celery_leaderfeed.beat")
+
+_TERMINATION_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@dataclass(frozen=True, slots=True)
+class Authority:
+    """The right to claim occurrences: a term and token of the leader record, until a deadline."""
+
+    term: int
+    token: str
+    #: Monotonic times between which this leadership may be used.
+    valid_from: float
+    deadline: float
+    #: Who sends (the ``leaderfeed_sender`` header).
+    member_id: str
+
+    def valid(self, now: float) -> bool:
+        return self.valid_from <= now < self.deadline
+
+
+class Leadership(Protocol):
+    """Where a scheduler's leadership comes from."""
+
+    #: The election whose leader record fences the schedule state.
+    election: str
+
+    def start(self) -> None: ...
+
+    def authority(self) -> Authority | None:
+        """The current leadership, or None while following."""
+
+    def close(self) -> None: ...
+
+
+class OwnElection:
+    """Standalone beat: its own LeaderFeed (resigns on close so another beat takes over)."""
+
+    def __init__(self, feed: LeaderFeed) -> None:
+        self.feed = feed
+        self.election = feed.name
+
+    def start(self) -> None:
+        self.feed.start(retry=True)
+
+    def authority(self) -> Authority | None:
+        lease = self.feed.lease
+        if lease.role is not Role.LEADER or lease.term is None or lease.token is None:
+            return None
+        return Authority(lease.term, lease.token, lease.valid_from, lease.deadline, self.feed.id)
+
+    def close(self) -> None:
+        self.feed.stop()
+
+
+class WorkerElection:
+    """Embedded beat of a worker with the LeaderFeedStep: follows the worker's shared lease."""
+
+    def __init__(self, election: str, read: Callable[[], SharedView | None]) -> None:
+        self.election = election
+        self._read = read
+
+    def start(self) -> None:
+        pass
+
+    def authority(self) -> Authority | None:
+        view = self._read()
+        if view is None or view.role is not Role.LEADER or view.term is None or not view.token:
+            return None
+        return Authority(view.term, view.token, view.valid_from, view.deadline, view.member_id)
+
+    def close(self) -> None:
+        pass
+
+
+def _worker_lease_reader(app: Any) -> Callable[[], SharedView | None] | None:
+    """``current_lease(app)`` of the worker step, if this process can see a worker's lease."""
+    try:
+        from .bootstep import current_lease  # noqa: PLC0415 - needs the worker side of Celery
+    except ImportError:
+        return None
+    if current_lease(app) is None:
+        return None
+    return lambda: current_lease(app)
+
+
+def _in_embedded_beat() -> bool:
+    """True in the child process that ``celery worker -B`` forks for beat."""
+    from billiard.process import current_process  # noqa: PLC0415
+
+    return bool(current_process().name == "Beat")
+
+
+@contextlib.contextmanager
+def _termination_deferred() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT until the block ends (main thread only; elsewhere a no-op).
+
+    Wrapped around claim + publish, so a shutdown signal cannot land between the two and lose a
+    claimed run. Threads started inside the block inherit the blocked mask, which keeps the
+    main thread the only one that takes these signals (a handler would otherwise still run in
+    the main thread as soon as another thread took the signal).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATION_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
+    """Beat scheduler that sends due entries only while leader (``-S leaderfeed``).
+
+    Extra keyword arguments, for tests and embedding: ``leadership`` (a :class:`Leadership`
+    instead of the one chosen from the environment), ``clock`` (UTC now) and ``monotonic``.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *args: Any,
+        leadership: Leadership | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+        lazy: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self._leadership = leadership
+        self._clock = clock
+        self._monotonic = monotonic
+        self._settings: LeaderfeedSettings | None = None
+        self._store: Backend | None = None
+        self._store_connected = False
+        self._parent_pid: int | None = None
+        self._closed = False
+        #: (term, token) the cached states were read under; None: read again before acting.
+        self._held: tuple[int, str] | None = None
+        self._states: dict[str, str] = {}
+        self._leading = False
+        self._store_down = False
+        self._broken_entries: set[str] = set()
+        super().__init__(app, *args, lazy=lazy, **kwargs)
+
+    # -- set-up and tear-down ------------------------------------------------------------------
+
+    def setup_schedule(self) -> None:
+        """Build the schedule, then join the election (never called for ``lazy`` instances)."""
+        super().setup_schedule()
+        settings = self._settings = resolve_settings(self.app)
+        embedded = _in_embedded_beat()
+        if self._leadership is None:
+            self._leadership = self._choose_leadership(settings)
+        if embedded or isinstance(self._leadership, WorkerElection):
+            self._parent_pid = os.getppid()
+        self._store = backend_from_url(
+            settings.backend_url,
+            name=self._leadership.election,
+            timeout=settings.timing.timeout,
+            options=settings.backend_options,
+        )
+        with _termination_deferred():  # the feed's threads inherit the blocked mask
+            self._leadership.start()
+        logger.info(
+            "beat: leaderfeed scheduler in election %r on %s (%s)",
+            self._leadership.election,
+            self._store.display_url,
+            "following the worker" if isinstance(self._leadership, WorkerElection) else "own",
+        )
+
+    def _choose_leadership(self, settings: LeaderfeedSettings) -> Leadership:
+        read = _worker_lease_reader(self.app)
+        if read is not None:
+            return WorkerElection(settings.name, read)
+        feed = LeaderFeed(
+            settings.backend_url,
+            name=settings.beat_name,
+            member_id=f"beat@{socket.gethostname()}:{os.getpid()}",
+            heartbeat_interval=settings.timing.heartbeat_interval,
+            election_timeout_min=settings.timing.election_timeout_min,
+            election_timeout_max=settings.timing.election_timeout_max,
+            operation_timeout=settings.timing.operation_timeout,
+            options=settings.backend_options,
+        )
+        return OwnElection(feed)
+
+    def close(self) -> None:
+        """Resign (standalone) and release connections; idempotent, safe in a signal handler."""
+        if self._closed:
+            return
+        self._closed = True
+        self._held = None
+        try:
+            if self._leadership is not None:
+                self._leadership.close()
+        except Exception:
+            logger.exception("beat: error while leaving the election")
+        finally:
+            if self._store is not None:
+                self._store.close()
+            try:
+                super().close()  # releases the broker connection
+            except Exception:
+                logger.exception("beat: error while releasing the broker connection")
+
+    def sync(self) -> None:
+        """Nothing to do: each claim already wrote its entry's state to the store."""
+
+    @property
+    def info(self) -> str:
+        try:
+            settings = self._settings or resolve_settings(self.app)
+        except LeaderfeedError as exc:
+            return f"    . leaderfeed -> misconfigured: {exc}"
+        return (
+            f"    . leaderfeed -> {redact_url(settings.backend_url)} "
+            f"(misfire policy {settings.misfire_policy})"
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    @property
+    def _heartbeat(self) -> float:
+        settings = self._settings
+        return settings.timing.heartbeat_interval if settings is not None else 1.0
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Send what is due if leader; return the seconds to sleep before the next tick."""
+        follower_sleep = min(self._heartbeat / 4, float(self.max_interval))
+        if self._closed or self._leadership is None:
+            return follower_sleep
+        if self._parent_pid is not None and os.getppid() != self._parent_pid:
+            logger.warning(
+                "beat: worker process %d is gone; this beat stops sending and exits",
+                self._parent_pid,
+            )
+            self.close()
+            raise SystemExit(0)
+        authority = self._leadership.authority()
+        if authority is None or not authority.valid(self._monotonic()):
+            self._follow()
+            return follower_sleep
+        try:
+            wake = self._lead(authority)
+        except BackendUnavailable as exc:
+            if not self._store_down:
+                self._store_down = True
+                logger.warning("beat: schedule state unavailable, not sending: %s", exc)
+            self._held = None
+            return follower_sleep
+        if self._store_down:
+            self._store_down = False
+            logger.info("beat: schedule state reachable again")
+        return max(0.0, min(wake, self._heartbeat, float(self.max_interval)))
+
+    def _follow(self) -> None:
+        self._held = None
+        if self._leading:
+            self._leading = False
+            logger.info("beat: no longer leading; not sending periodic tasks")
+
+    def _lead(self, authority: Authority) -> float:
+        """Handle every entry as leader; the seconds until the next one is due."""
+        assert self._settings is not None
+        budget_end = self._monotonic() + self._settings.timing.timeout
+        held = (authority.term, authority.token)
+        if self._held != held:
+            self._states = self._read_states()
+            self._held = held
+        if not self._leading:
+            self._leading = True
+            logger.info("beat: leading in term %d; sending periodic tasks", authority.term)
+        wake = self._heartbeat
+        for entry in list(self.schedule.values()):
+            if self._monotonic() >= budget_end:
+                return 0.0  # spent the store budget: go on with the rest at the next tick
+            due = self._run_entry(entry, authority, budget_end)
+            if not self._holding():
+                return 0.0  # a claim was refused: read again (or follow) at the next tick
+            if due is not None:
+                wake = min(wake, (due - self._clock()).total_seconds())
+        return wake
+
+    def _holding(self) -> bool:
+        return self._held is not None
+
+    def _read_states(self) -> dict[str, str]:
+        """The stored states, read after our term began (so they include every older claim)."""
+        store = self._store
+        assert store is not None
+        if not self._store_connected:
+            store.connect()
+            self._store_connected = True
+        return store.read_entries()
+
+    # -- one entry -------------------------------------------------------------------------------
+
+    def _run_entry(self, entry: Any, authority: Authority, budget_end: float) -> datetime | None:
+        """Claim and send what of ``entry`` is due; the next due time (None: unknown)."""
+        assert self._settings is not None
+        name: str = entry.name
+        stored = self._states.get(name)
+        state = self._decode(name, stored)
+        now = self._clock()
+        if state is None:
+            state = EntryState.anchored(now, authority.term)
+            if not self._may_act(authority):
+                return None
+            if not self._claim(name, stored, state.encode(), authority):
+                return None
+        raw = self._states[name]
+        try:
+            found = pending(
+                entry.schedule,
+                state.last_due,
+                now,
+                keep=max(MAX_LISTED, self._settings.catch_up_limit) + 1,
+            )
+            steps = (
+                []
+                if found is None
+                else plan(
+                    found,
+                    state.last_due,
+                    self._settings.misfire_policy,
+                    self._settings.catch_up_limit,
+                )
+            )
+        except Exception:
+            if name not in self._broken_entries:
+                self._broken_entries.add(name)
+                logger.exception("beat: cannot compute the next run of %r; skipping it", name)
+            return None
+        for step in steps:
+            if self._monotonic() >= budget_end or not self._may_act(authority):
+                return None
+            new = state.after(step, term=authority.term, sent_at=time.time())
+            if not self._handle_step(entry, step, raw, new, authority):
+                return None
+            state, raw = new, new.encode()
+        try:
+            return next_due(entry.schedule, state.last_due)
+        except Exception:  # noqa: BLE001 - already reported by pending() above
+            return None
+
+    def _decode(self, name: str, raw: str | None) -> EntryState | None:
+        if raw is None:
+            return None
+        try:
+            return EntryState.decode(raw)
+        except CorruptState as exc:
+            logger.warning("beat: stored state of %r is corrupt (%s); rebuilding it", name, exc)
+            return None
+
+    def _may_act(self, authority: Authority) -> bool:
+        if self._parent_pid is not None and os.getppid() != self._parent_pid:
+            return False
+        assert self._leadership is not None
+        current = self._leadership.authority()
+        return (
+            current is not None
+            and (current.term, current.token) == (authority.term, authority.token)
+            and current.valid(self._monotonic())
+        )
+
+    def _handle_step(
+        self, entry: Any, step: Step, raw: str, new: EntryState, authority: Authority
+    ) -> bool:
+        """Claim ``step`` then send it; put the claim back if the send fails."""
+        name: str = entry.name
+        new_raw = new.encode()
+        if step.send is not None:
+            self.producer  # noqa: B018 - connect to the broker before claiming, not after
+        with _termination_deferred():
+            if not self._claim(name, raw, new_raw, authority):
+                return False
+            if step.send is None:
+                published = True
+            else:
+                assert new.sent_at is not None
+                headers = send_headers(
+                    name, step, term=authority.term, sender=authority.member_id, sent_at=new.sent_at
+                )
+                published = self._publish(entry, headers)
+            if not published:
+                self._release(name, new_raw, raw, authority, step)
+                return False
+        self._report(entry, step, new, authority)
+        return True
+
+    def _claim(self, name: str, expected: str | None, new: str, authority: Authority) -> bool:
+        store = self._store
+        assert store is not None
+        if store.write_entry(authority.term, authority.token, name, expected, new):
+            self._states[name] = new
+            return True
+        logger.info(
+            "beat: claim on %r refused (term %d has ended or the state changed)",
+            name,
+            authority.term,
+        )
+        self._held = None
+        return False
+
+    def _release(
+        self, name: str, claimed: str, previous: str, authority: Authority, step: Step
+    ) -> None:
+        """Put a claimed-but-unsent occurrence back so it is sent later (by us or a successor)."""
+        assert step.send is not None
+        occurrence = occurrence_id(name, step.send)
+        try:
+            released = self._claim(name, claimed, previous, authority)
+        except BackendUnavailable:
+            released = False
+        if released:
+            logger.warning("beat: sending %s failed; it will be retried", occurrence)
+        else:
+            logger.error("beat: sending %s failed and its claim could not be undone", occurrence)
+
+    def _publish(self, entry: Any, headers: dict[str, Any]) -> bool:
+        """Send ``entry`` with ``headers`` the way Celery's scheduler does; False on failure."""
+        options = dict(entry.options or {})
+        options["headers"] = {**(options.get("headers") or {}), "celery_beat_task": True, **headers}
+        args = [arg() if isinstance(arg, BeatLazyFunc) else arg for arg in entry.args or ()]
+        kwargs = {
+            key: value() if isinstance(value, BeatLazyFunc) else value
+            for key, value in (entry.kwargs or {}).items()
+        }
+        try:
+            task = self.app.tasks.get(entry.task)
+            if task is not None:
+                task.apply_async(args, kwargs, producer=self.producer, **options)
+            else:
+                self.send_task(entry.task, args, kwargs, producer=self.producer, **options)
+        except Exception:
+            logger.exception("beat: could not send %s", headers["leaderfeed_occurrence"])
+            return False
+        return True
+
+    def _report(self, entry: Any, step: Step, new: EntryState, authority: Authority) -> None:
+        name: str = entry.name
+        if step.skipped:
+            assert step.skipped_from is not None
+            logger.warning(
+                "beat: %d run(s) of %r missed during a failover, due from %s, recorded as "
+                "skipped (misfire policy %s)",
+                step.skipped,
+                name,
+                format_due(step.skipped_from),
+                self._settings.misfire_policy if self._settings else "?",
+            )
+        if step.send is None:
+            return
+        entry.last_run_at = self._clock()
+        entry.total_run_count = new.runs
+        if step.coalesced_count:
+            logger.warning(
+                "beat: sending %s (term %d) for itself and %d missed run(s)",
+                occurrence_id(name, step.send),
+                authority.term,
+                step.coalesced_count,
+            )
+        else:
+            logger.info(
+                "beat: sending %s (%s, term %d)",
+                occurrence_id(name, step.send),
+                entry.task,
+                authority.term,
+            )
