@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends import backend_from_url, register_backend
 from .backends.base import Backend, DataChanged, RecordChanged, Subscription
-from .election import Lease, Role
+from .election import Lease, Role, Stats
 from .errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -47,6 +47,7 @@ __all__ = [
     "Observation",
     "RecordChanged",
     "Role",
+    "Stats",
     "Status",
     "Subscription",
     "Timing",

@@ -33,7 +33,7 @@ from .errors import BackendUnavailable
 from .record import Observation, WriteResult
 from .timing import Timing
 
-__all__ = ["FOLLOWING", "Election", "Lease", "Role"]
+__all__ = ["FOLLOWING", "Election", "Lease", "Role", "Stats"]
 
 logger = logging.getLogger("celery_leaderfeed")
 
@@ -80,6 +80,19 @@ def _no_event(name: str, *args: object) -> None:
 
 def _no_update() -> None:
     pass
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of what this member did, for metrics and benchmarks (engine thread writes)."""
+
+    claims: int = 0  #: claims sent
+    claims_won: int = 0  #: claims the store accepted (terms this member started)
+    renewals: int = 0  #: renewals the store acknowledged
+    renewals_failed: int = 0  #: renewals that errored or were refused
+    reads: int = 0  #: reads of the record (start-up, after subscribing, while the feed is down)
+    feed_events: int = 0  #: events the change feed delivered
+    resubscribes: int = 0  #: subscriptions lost or dropped as deaf
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +154,7 @@ class Election:
         #: Set when the feed seems deaf; the owner drops it and subscribes again.
         self.feed_suspect = False
         self.stopping = False
+        self.stats = Stats()
 
     # -- what the owner reports ----------------------------------------------------------------
 
@@ -161,10 +175,12 @@ class Election:
 
     def feed_lost(self, now: float) -> None:
         """The subscription broke: read the record at the heartbeat interval until it is back."""
+        self.stats.resubscribes += 1
         self.feed_up = False
         self.read_at = now
 
     def feed_event(self, event: FeedEvent, now: float) -> None:
+        self.stats.feed_events += 1
         self.feed_seen_at = now
         if isinstance(event, RecordChanged):
             self.observe(event.observation, now, authoritative=False)
@@ -324,10 +340,12 @@ class Election:
         try:
             result = self.backend.renew(lease.term, lease.token)
         except BackendUnavailable as exc:
+            self.stats.renewals_failed += 1
             self._heartbeat_failed("renewal", exc)
             self.renew_at = self.clock() + self._retry_delay()
             return
         if result.ok:
+            self.stats.renewals += 1
             self.lease = Lease(
                 Role.LEADER,
                 lease.term,
@@ -338,6 +356,8 @@ class Election:
             )
             self.renew_at = sent + self.timing.heartbeat_interval
         self.observe(result.observation, self.clock(), authoritative=True)
+        if not result.ok:
+            self.stats.renewals_failed += 1
         if not result.ok and self.lease.role is Role.LEADER:
             self._step_down(self.clock(), "the store refused the renewal")
         self.on_update()
@@ -346,6 +366,7 @@ class Election:
         known = self.known
         assert known is not None
         sent = self.clock()
+        self.stats.claims += 1
         try:
             result = self.backend.claim(
                 known.version,
@@ -360,6 +381,7 @@ class Election:
             return
         now = self.clock()
         if result.ok:
+            self.stats.claims_won += 1
             # Over a record the store lost, a leader it forgot may act until its lease runs
             # out; that lease was renewed before the loss, so before this claim was sent.
             delay = self.timing.election_timeout_min if known.record is None else 0.0
@@ -415,6 +437,7 @@ class Election:
         self.on_update()
 
     def _read(self) -> None:
+        self.stats.reads += 1
         try:
             observation = self.backend.read()
         except BackendUnavailable as exc:

@@ -13,6 +13,7 @@ every wait is on a queue or condition that ``stop()`` wakes at once.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -30,7 +31,7 @@ from typing import Any
 
 from .backends import backend_from_url
 from .backends.base import Backend, FeedEvent, Subscription
-from .election import Election, Lease, Role
+from .election import Election, Lease, Role, Stats
 from .errors import BackendUnavailable, ConfigurationError, LeaderfeedError, LeaderfeedTimeout
 from .listeners import Event, Listener, Listeners
 from .record import Observation
@@ -224,6 +225,12 @@ class LeaderFeed:
     def is_leader(self) -> bool:
         """True only while this member holds an unexpired lease (checked on every call)."""
         return self.lease.valid(self._clock())
+
+    @property
+    def stats(self) -> Stats:
+        """A copy of this member's counters (claims, renewals, feed events, ...)."""
+        election = self._election
+        return dataclasses.replace(election.stats) if election is not None else Stats()
 
     @property
     def known(self) -> Observation | None:

@@ -176,6 +176,10 @@ def test_observers_see_every_renewal(url: str) -> None:
     with feed:
         assert feed.wait_for_leadership(5)
         wait_until(lambda: len(set(deadlines)) >= 4, 3, message="several renewals observed")
+        stats = feed.stats
+    assert stats.claims == stats.claims_won == 1
+    assert stats.renewals >= 2 and stats.renewals_failed == 0
+    assert stats.feed_events >= stats.renewals - 1  # it hears its own renewals
 
 
 def test_repr_never_shows_a_password() -> None:
