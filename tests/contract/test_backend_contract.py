@@ -409,8 +409,8 @@ def test_engine_elect_transfers_leadership_to_the_named_member(kit: BackendKit) 
         target = next(f for f in feeds if f is not leader)
         bystander = next(f for f in feeds if f not in (leader, target))
         # Asked from a third member: the leader hands over, the nominee takes over.
-        bystander.elect(target.id, timeout=5)
-        assert target.is_leader
+        bystander.elect(target.id, timeout=5)  # returns once the bystander sees the record
+        wait_until(lambda: target.is_leader, 5, message="the nominee leads")
         assert not leader.is_leader
         wait_until(lambda: all(f.leader_id == target.id for f in feeds), 5, message="all agree")
         # Asked by a member for itself.
