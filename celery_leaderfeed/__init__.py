@@ -26,7 +26,7 @@ from .timing import Timing
 
 if TYPE_CHECKING:
     from .bootstep import LeaderFeedStep
-    from .decorators import leader_only
+    from .decorators import current_term, leader_only
     from .integration import install
 
 __version__ = "0.1.0"
@@ -54,6 +54,7 @@ __all__ = [
     "WriteResult",
     "__version__",
     "backend_from_url",
+    "current_term",
     "install",
     "leader_only",
     "register_backend",
@@ -63,6 +64,7 @@ __all__ = [
 _LAZY = {
     "LeaderFeedStep": "celery_leaderfeed.bootstep",
     "leader_only": "celery_leaderfeed.decorators",
+    "current_term": "celery_leaderfeed.decorators",
     "install": "celery_leaderfeed.integration",
 }
 

@@ -57,8 +57,8 @@ FOLLOWER_POLICIES: tuple[FollowerPolicy, ...] = ("skip", "retry", "raise")
 MISFIRE_POLICIES: tuple[MisfirePolicy, ...] = ("run_once", "skip", "catch_up")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
-#: Defaults registered with ``app.add_defaults`` by ``install(app)`` (backend and name are
-#: derived from the app when unset).
+#: Defaults, applied by :func:`resolve_settings` itself (not with ``app.add_defaults``, which
+#: would shadow values loaded by ``config_from_object``); backend and name derive from the app.
 DEFAULTS: dict[str, Any] = {
     "leaderfeed_backend": None,
     "leaderfeed_backend_options": {},

@@ -1,0 +1,414 @@
+"""``LeaderFeedStep``: one election member per Celery worker, shared with the worker's processes.
+
+The step lives in the *worker* blueprint: the consumer blueprint is restarted on every broker
+reconnect, and an election there would resign and start over on each broker blip. The worker's
+node name (``worker.hostname``) is its member id.
+
+Lifecycle
+---------
+* ``__init__`` resolves the settings (``--leaderfeed-*`` worker options, then ``app.conf``, then
+  defaults) and fails the worker at once with one line if they are bad. Options given on the
+  command line are written into ``app.conf``, so every process of this worker (prefork children
+  under ``fork`` or ``spawn``, the embedded beat) resolves the same settings.
+* ``create`` builds the feed (it connects later) and the shared-memory lease segment, before
+  the pool and the embedded beat process fork.
+* ``start`` runs after the pool and beat started (the step requires both) and starts the feed
+  with ``retry=True``: a store outage delays the election, never the worker.
+
+Shutdown order
+--------------
+Leadership is given up only once this worker cannot run leader-only work any more:
+
+* warm (``stop``): the worker keeps leading - renewing - while the pool drains; this step joins
+  the pool itself (``pool.stop()``; the Pool step's own stop then has nothing left to do), then
+  stops the feed, which first stops acting (the shared segment says follower) and then resigns
+  so a follower takes over at once instead of after an election timeout;
+* cold (``terminate``): the pool is terminated first (prefork children are killed and joined;
+  threads cannot be killed, so a thread pool's running tasks are waited for), then the same.
+
+Either way no other worker can start leader-only work while this worker's still runs. A worker
+killed with SIGKILL resigns nothing: its lease runs out by itself, and its orphaned children find
+no lease (their parent PID changed).
+
+Accessors for in-process code (the beat scheduler, ``@leader_only``)
+--------------------------------------------------------------------
+``worker_feed(app) -> LeaderFeed | None``
+    The live feed of the step running in *this* process: the worker's main process (thread and
+    solo pools, remote-control commands). ``None`` in every other process - a forked child must
+    never trust its frozen copy of the parent's feed - and before start or after stop.
+``current_lease(app=None) -> SharedView | None``
+    This worker's lease as one consistent snapshot, from any of its processes: the live feed in
+    the main process; the parent's shared-memory segment in a pool child or the embedded beat
+    process (no store round trip). ``None`` where no step runs or the parent is gone.
+    ``view.is_leader()`` checks the lease deadline at call time; ``view.term`` is the fencing
+    token. Children find the segment by their parent's PID and the election name, which the
+    step exports as ``$LEADERFEED_WORKER_ELECTION`` before the pool starts: a child whose app
+    object is not the worker's (a task module's own app under ``spawn``) still finds it.
+``worker_settings(app)``, ``leadership_report(app)``
+    The resolved settings as this worker uses them; the ``celery inspect leaderfeed`` reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import click
+from celery import bootsteps, current_app
+from celery.utils.dispatch import Signal
+
+from .errors import ConfigurationError
+from .feed import LeaderFeed
+from .settings import DEFAULTS, LeaderfeedSettings, resolve_settings
+from .shared_lease import SharedLease, SharedView
+from .signals import leadership_gained, leadership_lost
+
+__all__ = [
+    "ELECTION_ENV",
+    "LeaderFeedStep",
+    "WorkerConfigurationError",
+    "WorkerLeadership",
+    "current_lease",
+    "leadership_report",
+    "worker_feed",
+    "worker_settings",
+]
+
+logger = logging.getLogger("celery_leaderfeed")
+
+#: Environment variable naming the election of the worker step in this process, inherited by
+#: the worker's children.
+ELECTION_ENV = "LEADERFEED_WORKER_ELECTION"
+#: How long a process that found no lease segment waits before looking again.
+_ATTACH_RETRY_SECONDS = 1.0
+
+
+class WorkerConfigurationError(ConfigurationError, click.ClickException):
+    """A bad leaderfeed setting, raised while the worker is built.
+
+    Also a ``click.ClickException``, so ``celery worker`` exits with one ``Error: ...`` line
+    and status 1 instead of a traceback; code that builds workers itself catches it as a
+    :class:`~celery_leaderfeed.errors.ConfigurationError`.
+    """
+
+    def __init__(self, message: str) -> None:
+        click.ClickException.__init__(self, f"leaderfeed: {message}")
+
+
+def _resolve_for_worker(app: Any, options: Mapping[str, Any]) -> LeaderfeedSettings:
+    overrides = {key: options[key] for key in DEFAULTS if options.get(key) is not None}
+    try:
+        settings = resolve_settings(app, overrides)
+    except ConfigurationError as exc:
+        raise WorkerConfigurationError(str(exc)) from exc
+    for key, value in overrides.items():
+        app.conf[key] = value  # children (fork or spawn) and the embedded beat read app.conf
+    return settings
+
+
+class _SignalRelay:
+    """Sends ``leadership_gained``/``leadership_lost`` for the lease changes the engine reports.
+
+    ``observe`` runs on the election thread and only queues; the signals are sent from this
+    relay's own thread, in order, so a slow receiver never delays a renewal.
+    """
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+        self._held: int | None = None  # the term we lead, as last reported
+        self._queue: queue.SimpleQueue[tuple[Signal, int, str | None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def observe(self, feed: LeaderFeed) -> None:
+        lease = feed.lease  # stable here: observers run on the election thread
+        term = lease.term if feed.is_leader else None
+        if term == self._held:
+            return
+        if self._held is not None:
+            leader = feed.leader_id
+            leader = None if leader == self.hostname else leader
+            self._queue.put((leadership_lost, self._held, leader))
+        if term is not None:
+            self._queue.put((leadership_gained, term, self.hostname))
+        self._held = term
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="leaderfeed-signals", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            signal, term, leader = item
+            # Signal.send logs and swallows what a receiver raises.
+            signal.send(sender=self.hostname, term=term, leader_id=leader)
+
+
+class WorkerLeadership:
+    """What the step runs in the worker: the feed, its lease segment and the signal relay."""
+
+    def __init__(self, app: Any, hostname: str, settings: LeaderfeedSettings) -> None:
+        self.app = app
+        self.hostname = hostname
+        self.settings = settings
+        try:
+            self.feed = LeaderFeed(
+                settings.backend_url, member_id=hostname, **settings.feed_kwargs()
+            )
+        except ConfigurationError as exc:
+            raise WorkerConfigurationError(str(exc)) from exc
+        self.owner_pid = os.getpid()
+        self.shared = SharedLease.create(settings.name, hostname)
+        # Children find the segment by parent PID and election name. They inherit the name
+        # here even when their app object is not this one (a task module's own app under
+        # spawn), so they attach to this worker's segment whatever their configuration says.
+        os.environ[ELECTION_ENV] = settings.name
+        self._relay = _SignalRelay(hostname)
+        # (version of the held record, monotonic time this worker saw it appear)
+        self._record_seen: tuple[int | None, float] = (None, time.monotonic())
+        self._stopped = False
+        self.feed.add_observer(self.shared.publish)
+        self.feed.add_observer(self._relay.observe)
+        self.feed.add_observer(self._note_record)
+
+    def start(self) -> None:
+        _register(self)
+        self._relay.start()
+        self.feed.start(retry=True)
+
+    def stop(self) -> None:
+        """Stop acting, resign, then retire the segment. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self.feed.stop()
+        finally:
+            _unregister(self)
+            if os.environ.get(ELECTION_ENV) == self.settings.name:
+                del os.environ[ELECTION_ENV]
+            self.shared.revoke(self.hostname)
+            self.shared.close()
+            self._relay.stop()
+
+    def view(self) -> SharedView:
+        """The lease as children see it in the segment, read from the live feed."""
+        feed = self.feed
+        lease = feed.lease
+        return SharedView(
+            role=lease.role,
+            term=lease.term,
+            token=lease.token,
+            valid_from=lease.valid_from,
+            deadline=lease.deadline,
+            leader_id=feed.leader_id,
+            member_id=self.hostname,
+            owner_pid=self.owner_pid,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Role, leader and term (``celery inspect stats``)."""
+        feed = self.feed
+        return {
+            "name": feed.name,
+            "member": self.hostname,
+            "status": feed.status.value,
+            "role": feed.role.value,
+            "leader": feed.leader_id,
+            "term": feed.term,
+        }
+
+    def report(self) -> dict[str, Any]:
+        """The summary plus lease timings and the store (``celery inspect leaderfeed``).
+
+        ``lease_age`` is the seconds since the leader's record last changed (a renewal) as
+        this worker saw it; ``lease_remaining`` the seconds this worker may still act as
+        leader unless it renews (None on followers).
+        """
+        now = time.monotonic()
+        lease = self.feed.lease
+        leading = lease.valid(now)
+        version, seen_at = self._record_seen
+        return {
+            **self.summary(),
+            "backend": self.feed.backend.display_url,
+            "lease_age": None if version is None else round(now - seen_at, 3),
+            "lease_remaining": round(lease.deadline - now, 3) if leading else None,
+            "leading_for": (
+                round(now - lease.acquired_at, 3)
+                if leading and lease.acquired_at is not None
+                else None
+            ),
+        }
+
+    def _note_record(self, feed: LeaderFeed) -> None:
+        known = feed.known
+        record = known.record if known is not None else None
+        version = record.version if record is not None and not record.vacant else None
+        if version != self._record_seen[0]:
+            self._record_seen = (version, time.monotonic())
+
+
+class LeaderFeedStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep running this worker's election member (see the module docstring).
+
+    ``app.steps['worker'].add(LeaderFeedStep)``, or ``celery_leaderfeed.install(app)``.
+    """
+
+    label = "Leaderfeed"
+    # Started after the pool and the embedded beat forked; stopped before them, see stop().
+    requires = ("celery.worker.components:Pool", "celery.worker.components:Beat")
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        self.settings = _resolve_for_worker(parent.app, kwargs)
+        super().__init__(parent, **kwargs)
+
+    def create(self, parent: Any) -> WorkerLeadership:
+        return WorkerLeadership(parent.app, parent.hostname, self.settings)
+
+    def start(self, parent: Any) -> None:
+        self.obj.start()
+
+    def stop(self, parent: Any) -> None:
+        """Warm shutdown: drain the pool while still leading, then resign."""
+        try:
+            _finish_pool(parent, warm=True)
+        finally:
+            self.obj.stop()
+
+    def terminate(self, parent: Any) -> None:
+        """Cold shutdown: end the pool's tasks, then resign."""
+        try:
+            _finish_pool(parent, warm=False)
+        finally:
+            self.obj.stop()
+
+    def info(self, parent: Any) -> dict[str, Any]:
+        leadership: WorkerLeadership | None = self.obj
+        return {} if leadership is None else {"leaderfeed": leadership.summary()}
+
+
+def _finish_pool(worker: Any, *, warm: bool) -> None:
+    """Make sure no task of this worker still runs (the Pool step's stop is idempotent)."""
+    pool = getattr(worker, "pool", None)
+    if pool is None:
+        return
+    if not warm:
+        pool.terminate()  # prefork: children killed and joined
+    pool.stop()  # waits for running tasks: all of them (warm), the unkillable threads (cold)
+
+
+# -- the registry of running steps, and the accessors ---------------------------------------------
+
+_running: weakref.WeakKeyDictionary[Any, WorkerLeadership] = weakref.WeakKeyDictionary()
+_segments: dict[tuple[int, int, str], SharedLease | float] = {}
+_settings_cache: weakref.WeakKeyDictionary[Any, tuple[int, LeaderfeedSettings | None]] = (
+    weakref.WeakKeyDictionary()
+)
+_lock = threading.Lock()
+
+
+def _app_object(app: Any) -> Any:
+    if app is None:
+        app = current_app
+    unwrap = getattr(app, "_get_current_object", None)  # celery.current_app is a Proxy
+    return unwrap() if callable(unwrap) else app
+
+
+def _register(leadership: WorkerLeadership) -> None:
+    with _lock:
+        _running[leadership.app] = leadership
+
+
+def _unregister(leadership: WorkerLeadership) -> None:
+    with _lock:
+        if _running.get(leadership.app) is leadership:
+            del _running[leadership.app]
+
+
+def _running_here(app: Any) -> WorkerLeadership | None:
+    leadership = _running.get(app)
+    if leadership is None or leadership.owner_pid != os.getpid():
+        return None
+    return leadership
+
+
+def worker_feed(app: Any = None) -> LeaderFeed | None:
+    """The live feed of the worker step running in this process (None elsewhere)."""
+    leadership = _running_here(_app_object(app))
+    return None if leadership is None else leadership.feed
+
+
+def worker_settings(app: Any = None) -> LeaderfeedSettings | None:
+    """The leaderfeed settings of ``app`` as this worker uses them, resolved once per process;
+    None if they cannot be resolved (no leaderfeed configured)."""
+    app = _app_object(app)
+    leadership = _running_here(app)
+    if leadership is not None:
+        return leadership.settings
+    pid = os.getpid()
+    cached = _settings_cache.get(app)
+    if cached is not None and cached[0] == pid:
+        return cached[1]
+    try:
+        settings: LeaderfeedSettings | None = resolve_settings(app)
+    except ConfigurationError as exc:
+        logger.debug("leaderfeed settings of %r cannot be resolved: %s", app, exc)
+        settings = None
+    _settings_cache[app] = (pid, settings)
+    return settings
+
+
+def current_lease(app: Any = None) -> SharedView | None:
+    """This worker's lease, from whichever of its processes asks (see the module docstring)."""
+    app = _app_object(app)
+    leadership = _running_here(app)
+    if leadership is not None:
+        return leadership.view()
+    election = os.environ.get(ELECTION_ENV)
+    if not election:
+        settings = worker_settings(app)
+        if settings is None:
+            return None
+        election = settings.name
+    return _parent_view(election)
+
+
+def _parent_view(election: str) -> SharedView | None:
+    """Read the lease segment of this process's parent (a prefork child or the beat process)."""
+    pid, ppid = os.getpid(), os.getppid()
+    key = (pid, ppid, election)
+    with _lock:
+        entry = _segments.get(key)
+        if not isinstance(entry, SharedLease):
+            now = time.monotonic()
+            if entry is not None and now < entry:
+                return None
+            attached = SharedLease.attach(election, ppid)
+            if attached is None:
+                _segments[key] = now + _ATTACH_RETRY_SECONDS
+                return None
+            _segments[key] = entry = attached
+    view = entry.read()
+    # A parent that died leaves its segment to a reused PID at worst: trust only our parent's.
+    return view if view.owner_pid == ppid else None
+
+
+def leadership_report(app: Any = None) -> dict[str, Any] | None:
+    """What ``celery inspect leaderfeed`` returns for this worker (None: no step runs here)."""
+    leadership = _running_here(_app_object(app))
+    return None if leadership is None else leadership.report()

@@ -1,0 +1,100 @@
+"""``celery leaderfeed status``: the leader record as the store holds it, read directly.
+
+Unlike ``celery inspect leaderfeed`` it needs no running worker and no broker: it reads the
+record with the backend of the app's settings (``-A proj``), optionally another election or
+store. Passwords are never printed: the store is shown by its redacted URL.
+
+Registered as a ``celery`` subcommand through the ``celery.commands`` entry point.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from .backends import backend_from_url
+from .errors import BackendUnavailable, ConfigurationError
+from .record import Observation
+from .settings import resolve_settings
+
+__all__ = ["leaderfeed", "status"]
+
+
+@click.group(name="leaderfeed")
+def leaderfeed() -> None:
+    """Leader election (celery-leaderfeed) tools."""
+
+
+@leaderfeed.command()
+@click.option("--name", help="Election to read (default: the leaderfeed_name setting).")
+@click.option(
+    "--backend",
+    metavar="URL",
+    help="Store to read (default: the leaderfeed_backend setting, else the Redis broker).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def status(ctx: click.Context, name: str | None, backend: str | None, as_json: bool) -> None:
+    """Show who leads: holder, term, version, nominee, store time and record age."""
+    app = ctx.obj.app
+    try:
+        settings = resolve_settings(app, {"leaderfeed_name": name, "leaderfeed_backend": backend})
+        store = backend_from_url(
+            settings.backend_url,
+            name=settings.name,
+            timeout=settings.timing.timeout,
+            options=settings.backend_options,
+        )
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        store.connect()
+        observation = store.read()
+    except BackendUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    fields = describe(observation)
+    fields = {"election": settings.name, "backend": store.display_url, **fields}
+    if as_json:
+        click.echo(json.dumps(fields, sort_keys=True))
+        return
+    width = max(len(key) for key in fields)
+    for key, value in fields.items():
+        click.echo(f"{key.replace('_', ' '):<{width}}  {_text(value)}")
+
+
+def describe(observation: Observation) -> dict[str, Any]:
+    """The fields ``status`` prints for one read of the record."""
+    record = observation.record
+    store_time = observation.store_time
+    if record is None:
+        state = "corrupt" if observation.corrupt else "missing"
+    else:
+        state = "vacant" if record.vacant else "held"
+    age = None
+    if record is not None and record.renewed_at is not None and store_time is not None:
+        age = round(max(0.0, store_time - record.renewed_at), 3)
+    return {
+        "state": state,
+        "holder": None if record is None else record.holder,
+        "term": None if record is None else record.term,
+        "version": None if record is None else record.version,
+        "nominee": None if record is None else record.nominee,
+        "store_time": _iso(store_time),
+        "renewed_at": _iso(None if record is None else record.renewed_at),
+        "record_age": age,
+    }
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)

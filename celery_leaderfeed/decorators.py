@@ -1,0 +1,206 @@
+"""``@leader_only``: a task whose body runs only on the worker that currently leads.
+
+::
+
+    from celery_leaderfeed import leader_only
+    from celery_leaderfeed.decorators import current_term
+
+    @app.task
+    @leader_only
+    def rebuild_index() -> None: ...
+
+    @app.task(bind=True, max_retries=None)
+    @leader_only(policy="retry")
+    def settle(self, batch: str) -> None:
+        ledger.write(batch, fencing_token=current_term())
+
+Put ``@leader_only`` *below* ``@app.task``. Leadership is checked when the body is about to
+run - after any prefetch, ETA or countdown wait - from this worker's lease
+(:func:`~celery_leaderfeed.bootstep.current_lease`): the live feed in the worker's main process
+(solo and thread pools), the worker's shared-memory segment in prefork children, under
+``fork`` or ``spawn`` and in replacement children alike. No store round trip per task.
+
+On a follower the body does not run; what happens is the task's ``policy``, else the
+``leaderfeed_follower_policy`` setting:
+
+========= ======================================================================================
+policy    what happens, and what the result backend shows
+========= ======================================================================================
+``skip``  One INFO log line with the reason, then Celery's ``Ignore``: the worker stores nothing
+          itself. If the task stores results, its state is ``SKIPPED`` (:data:`SKIPPED`) with
+          meta ``{"reason": "not_leader", "worker": ..., "leader": ...}``. Celery does not count
+          ``SKIPPED`` as ready: ``AsyncResult.get()`` keeps waiting (give it a timeout), a chain
+          stops there and a chord with it in its header never completes - use ``raise`` where
+          a caller waits for the result. Monitors fed by events (Flower) see no final event.
+``retry`` ``self.retry(countdown=leaderfeed_retry_delay, exc=NotLeaderError(...))``: state
+          ``RETRY``, and the message comes back for whichever worker takes it. The task's
+          ``max_retries`` applies (default 3; then ``FAILURE`` with the ``NotLeaderError``).
+``raise`` ``NotLeaderError`` is raised: state ``FAILURE``, ``get()`` raises it. Add
+          ``throws=(NotLeaderError,)`` to the task to log it without a traceback.
+========= ======================================================================================
+
+A body that runs reads the term it was admitted under with :func:`current_term` - pass it as a
+fencing token to whatever it writes, so the receiver can refuse writes from an older term.
+Where no leaderfeed step runs (``install(app)`` not called, or outside a worker) the task counts
+as running on a follower, and a warning says so once per process.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from celery import current_app
+from celery._state import get_current_task
+from celery.app.task import Task, get_actual_ignore_result
+from celery.backends.base import DisabledBackend
+from celery.exceptions import Ignore
+from celery.local import Proxy
+
+from .bootstep import current_lease, worker_settings
+from .election import Role
+from .errors import ConfigurationError, NotLeaderError
+from .settings import FOLLOWER_POLICIES, FollowerPolicy
+from .shared_lease import SharedView
+
+__all__ = ["SKIPPED", "current_term", "leader_only"]
+
+logger = logging.getLogger("celery_leaderfeed")
+
+#: State stored for a leader-only task skipped on a follower (see the module docstring).
+SKIPPED = "SKIPPED"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_term: contextvars.ContextVar[int | None] = contextvars.ContextVar("leaderfeed_term", default=None)
+_warned_pid: int | None = None
+#: Countdown of the retry policy where no settings resolve (the default election_timeout_max).
+_FALLBACK_RETRY_DELAY = 4.0
+
+
+def current_term() -> int:
+    """The term the running ``@leader_only`` body was admitted under: its fencing token.
+
+    Raises :class:`~celery_leaderfeed.errors.NotLeaderError` outside such a body.
+    """
+    term = _term.get()
+    if term is None:
+        raise NotLeaderError("current_term() is only available while a @leader_only body runs")
+    return term
+
+
+@overload
+def leader_only(fn: F, /) -> F: ...
+
+
+@overload
+def leader_only(*, policy: FollowerPolicy | None = None) -> Callable[[F], F]: ...
+
+
+def leader_only(fn: F | None = None, /, *, policy: FollowerPolicy | None = None) -> Any:
+    """Run the task body only on the current leader; see the module docstring.
+
+    ``policy`` (``"skip"``, ``"retry"`` or ``"raise"``) overrides the
+    ``leaderfeed_follower_policy`` setting for this task.
+    """
+    if policy is not None and policy not in FOLLOWER_POLICIES:
+        raise ConfigurationError(
+            f"leader_only policy must be one of {', '.join(FOLLOWER_POLICIES)}; got {policy!r}"
+        )
+    if fn is None:
+        return lambda function: _wrap(function, policy)
+    return _wrap(fn, policy)
+
+
+def _wrap(fn: F, policy: FollowerPolicy | None) -> F:
+    if issubclass(type(fn), Proxy) or isinstance(fn, Task):
+        raise TypeError("put @leader_only below @app.task (it wraps the task's function)")
+    if not callable(fn):
+        raise TypeError(f"@leader_only needs a function, got {fn!r}")
+
+    @functools.wraps(fn)
+    def leader_only_body(*args: Any, **kwargs: Any) -> Any:
+        task = get_current_task()
+        app = task.app if task is not None else current_app
+        view = current_lease(app)
+        if view is not None and view.term is not None and view.is_leader():
+            token = _term.set(view.term)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _term.reset(token)
+        return _on_follower(task, app, fn, policy, view)
+
+    # Celery checks call arguments against the signature it reads from the task function.
+    leader_only_body.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    return leader_only_body  # type: ignore[return-value]
+
+
+def _on_follower(
+    task: Any,
+    app: Any,
+    fn: Callable[..., Any],
+    policy: FollowerPolicy | None,
+    view: SharedView | None,
+) -> Any:
+    settings = worker_settings(app)
+    chosen = policy or (settings.follower_policy if settings is not None else "skip")
+    request = task.request if task is not None else None
+    worker = view.member_id if view is not None else getattr(request, "hostname", None)
+    leader = view.leader_id if view is not None else None
+    term = view.term if view is not None else None
+    if view is None:
+        _warn_no_step()
+    name = task.name if task is not None else fn.__qualname__
+    task_id = getattr(request, "id", None)
+    if view is not None and view.role is Role.LEADER:  # claimed but not (or no longer) valid
+        reason = f"{worker} may not act on its lease of term {term} now"
+    else:
+        reason = f"{worker or 'this process'} is not the leader (leader: {leader or 'unknown'})"
+
+    if chosen == "raise" or (chosen == "retry" and task is None):
+        raise NotLeaderError(f"leader-only task {name}: {reason}", term=term)
+    if chosen == "retry":
+        delay = settings.retry_delay if settings is not None else _FALLBACK_RETRY_DELAY
+        logger.info("leader-only task %s[%s]: %s; retrying in %g s", name, task_id, reason, delay)
+        raise task.retry(
+            countdown=delay, exc=NotLeaderError(f"leader-only task {name}: {reason}", term=term)
+        )
+
+    logger.info("leader-only task %s[%s] skipped: %s", name, task_id, reason)
+    if task is None or request is None or request.called_directly:
+        return None  # a plain function call: nothing to record, nothing to ignore
+    if _stores_result(task, request):
+        meta = {"reason": "not_leader", "worker": worker, "leader": leader}
+        try:
+            task.update_state(state=SKIPPED, meta=meta)
+        except Exception as exc:  # noqa: BLE001 - a flaky result backend must not fail a skip
+            logger.warning(
+                "leader-only task %s[%s]: could not store SKIPPED: %r", name, task_id, exc
+            )
+    raise Ignore()
+
+
+def _stores_result(task: Any, request: Any) -> bool:
+    return bool(
+        request.id
+        and not request.is_eager
+        and not get_actual_ignore_result(task, request)
+        and not isinstance(task.backend, DisabledBackend)
+    )
+
+
+def _warn_no_step() -> None:
+    global _warned_pid  # noqa: PLW0603 - once per process
+    if _warned_pid != os.getpid():
+        _warned_pid = os.getpid()
+        logger.warning(
+            "a leader-only task ran where no worker lease is visible (celery_leaderfeed"
+            ".install(app) not called for this worker, or the worker is gone); treating this "
+            "process as a follower"
+        )

@@ -1,0 +1,1 @@
+"""Celery app modules for the real-worker tests, configured from environment variables."""
