@@ -314,9 +314,7 @@ def test_the_feed_comes_back_after_dropped_connections(
         server.url, name="reopen", options=server.options, heartbeat_interval=0.1,
         election_timeout_min=0.4, election_timeout_max=0.6,
     )  # fmt: skip
-    opened: list[object] = []
     changes: list[object] = []
-    feed.on("subscribe_started", lambda: opened.append(True))
     feed.on("change", changes.append)
     client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
         server.url, serverSelectionTimeoutMS=5000
@@ -328,9 +326,9 @@ def test_the_feed_comes_back_after_dropped_connections(
         feed.start()
         wait_until(lambda: feed.is_leader, DEADLINE, message="leadership")
         server.drop_connections()
-        if notify == "capped":  # a tailable cursor cannot resume: the engine opens a new one
-            wait_until(lambda: len(opened) >= 2, DEADLINE, message="a new subscription")
-        # Keep writing until the reopened feed delivers one.
+        # A getMore in flight fails and the engine opens a new feed; between getMores the
+        # driver may instead carry the cursor over to a new connection. Either way events
+        # must keep coming: keep writing until the feed delivers one.
         wait_until(
             lambda: watched.insert_one({"user": "data"}) and changes,
             DEADLINE,
