@@ -202,6 +202,11 @@ class Election:
         """
         record = observation.record
         known = self.known.record if self.known is not None else None
+        if record is None and not authoritative:
+            # A feed saying the record is gone or foreign carries no version to order it by:
+            # it may predate a claim already seen. Read the store instead of believing it.
+            self.read_at = now
+            return
         if record is not None:
             self.max_term = max(self.max_term, record.term)
             self.max_version = max(self.max_version, record.version)

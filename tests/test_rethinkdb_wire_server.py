@@ -18,6 +18,7 @@ from rethinkdb.errors import (
     ReqlOpFailedError,
     ReqlQueryLogicError,
     ReqlServerCompileError,
+    ReqlTimeoutError,
     ReqlUserError,
 )
 
@@ -391,6 +392,17 @@ def test_now_is_one_value_per_query_and_times_decode(conn, table):
     assert raw == {"$reql_type$": "TIME", "epoch_time": 10, "timezone": "+00:00"}
 
 
+def test_floor_ceil_and_round(conn):
+    assert r.expr(2.5).floor().run(conn) == 2
+    assert r.floor(-2.5).run(conn) == -3
+    assert r.expr(2.1).ceil().run(conn) == 3
+    assert r.expr([r.round(2.5), r.round(-2.5), r.round(2.4)]).run(conn) == [3, -3, 2]
+    millis = r.epoch_time(1700000000.123).to_epoch_time().mul(1000).floor().run(conn)
+    assert millis == int(1700000000.123 * 1000)  # the same double arithmetic as Python's
+    with pytest.raises(ReqlQueryLogicError, match="Expected type NUMBER but found STRING"):
+        r.expr("1").floor().run(conn)
+
+
 def test_lease_pattern_binds_now_once(conn, table):
     def acquire(owner, ttl):
         return (
@@ -543,6 +555,36 @@ def test_restart_loses_all_data(private_server):
     stale.close(noreply_wait=False)
     with connect(private_server) as connection:
         assert r.db_list().run(connection) == ["test"]
+
+
+def test_restart_after_kill_loses_all_data(private_server):
+    with connect(private_server) as connection:
+        r.db_create("gone").run(connection)
+        stale = connect(private_server)
+    private_server.restart(kill=True)
+    with pytest.raises(ReqlDriverError):
+        r.expr(1).run(stale)
+    stale.close(noreply_wait=False)
+    with connect(private_server) as connection:
+        assert r.db_list().run(connection) == ["test"]
+
+
+def test_paused_server_answers_nothing_until_resumed(private_server):
+    connection = connect(private_server)
+    private_server.pause()
+    try:
+        with pytest.raises(ReqlTimeoutError):  # a paused server accepts no handshake either
+            connect(private_server, timeout=0.3)
+        answer = {}
+        worker = threading.Thread(target=lambda: answer.update(v=r.expr(7).run(connection)))
+        worker.start()
+        worker.join(0.3)
+        assert worker.is_alive() and answer == {}
+    finally:
+        private_server.resume()
+    worker.join(FEED_WAIT)
+    assert answer == {"v": 7}
+    connection.close(noreply_wait=False)
 
 
 # --- misc ------------------------------------------------------------------------------

@@ -201,7 +201,12 @@ def test_a_claim_over_a_lost_record_is_not_handed_over_before_it_waited() -> Non
     cluster.store.put_raw("sim", None)
     forgotten.paused = True  # ... and its renewals do not tell it either
     wiped_at = cluster.clock()
-    cluster.tick()
+    cluster.run_until(
+        lambda: any(
+            m.election.lease.role is Role.LEADER for m in cluster.members if m is not forgotten
+        ),
+        HEARTBEAT,
+    )
     claimant = next(
         m for m in cluster.members if m.election.lease.role is Role.LEADER and m is not forgotten
     )
@@ -229,6 +234,20 @@ def test_late_feed_events_are_ignored() -> None:
     stale = LeaderRecord("ghost", "tok", known.record.term, known.record.version - 1)
     follower.election.feed_event(RecordChanged(Observation(stale)), cluster.clock())
     assert follower.election.known == known
+
+
+def test_a_late_feed_event_saying_missing_is_checked_not_believed() -> None:
+    # A feed's "missing" or "foreign" state carries no version: it may predate a claim the
+    # member already saw. Believing it demoted fresh leaders (seen with RethinkDB's point feed).
+    cluster = Cluster(2)
+    leader = cluster.member(settle(cluster))
+    reads = leader.election.stats.reads
+    leader.election.feed_event(RecordChanged(Observation(None)), cluster.clock())
+    leader.election.feed_event(RecordChanged(Observation(None, corrupt=True)), cluster.clock())
+    cluster.run(HEARTBEAT)
+    assert leader.leading
+    assert roles(leader) == [Role.LEADER]
+    assert leader.election.stats.reads == reads + 1  # it went and looked instead
 
 
 def test_a_follower_whose_feed_went_deaf_notices_on_its_failed_claim() -> None:

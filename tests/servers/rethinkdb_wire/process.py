@@ -3,7 +3,8 @@
     server = start_rethinkdb_wire_server()          # free loopback port, no password
     conn = r.connect(server.host, server.port)
     server.drop_connections()   # every client socket is closed; returns once done
-    server.restart()            # same port, empty store
+    server.restart()            # same port, empty store (kill=True: SIGKILL first)
+    server.pause(); server.resume()   # SIGSTOP / SIGCONT: a server that stops answering
     server.stop()
 
 All waits poll a condition against a deadline (no fixed sleeps).
@@ -110,10 +111,12 @@ class RethinkDBWireServer:
         self.port = _wait_for(ready, START_TIMEOUT, "the rethinkdb_wire server")["port"]
         return self
 
-    def stop(self, *, cleanup: bool = True) -> None:
+    def stop(self, *, cleanup: bool = True, kill: bool = False) -> None:
+        """Stop the process (SIGTERM; SIGKILL with ``kill``, as a crash would)."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -122,10 +125,24 @@ class RethinkDBWireServer:
         if cleanup:
             shutil.rmtree(self._dir, ignore_errors=True)
 
-    def restart(self) -> None:
-        """Stop the process and start a new one on the same port: all data is lost."""
-        self.stop(cleanup=False)
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop the process (SIGKILL with ``kill``) and start a new one on the same port:
+        all data is lost."""
+        self.stop(cleanup=False, kill=kill)
         self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing (a hung server)."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
+        if self._process is None or self._process.poll() is not None:
+            raise RuntimeError("rethinkdb_wire server is not running")
+        self._process.send_signal(signum)
 
     def drop_connections(self, timeout: float = 10.0) -> None:
         """Close every client socket (SIGUSR1); return once the server confirms it."""

@@ -12,6 +12,7 @@ Evaluation is synchronous on the server's single event-loop thread, so a whole q
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -273,6 +274,17 @@ class Evaluator(WriteTerms):
                 raise QueryError("Cannot divide by zero.")
             first /= value
         return first
+
+    def FLOOR(self, args: list, opts: dict, scope: dict) -> Any:
+        return math.floor(expect(self.datum(args[0], scope), "NUMBER"))
+
+    def CEIL(self, args: list, opts: dict, scope: dict) -> Any:
+        return math.ceil(expect(self.datum(args[0], scope), "NUMBER"))
+
+    def ROUND(self, args: list, opts: dict, scope: dict) -> Any:
+        # RethinkDB rounds halves away from zero (Python's round() rounds them to even).
+        value = expect(self.datum(args[0], scope), "NUMBER")
+        return math.copysign(math.floor(abs(value) + 0.5), value)
 
     # --- objects and sequences -------------------------------------------------------
 
