@@ -22,7 +22,8 @@ Each write is one atomic compare-and-set in the store with the semantics spelled
 directly and is the reference implementation. The shared contract suite in ``tests/contract``
 runs unchanged against every backend.
 
-Subclasses implement the ``_``-prefixed methods. The public methods wrap them so that every
+Subclasses implement the ``_``-prefixed methods (``_configure`` parses options at
+construction). The public methods wrap them so that every
 driver error listed in :attr:`Backend.connection_errors` reaches the engine as
 :class:`~celery_leaderfeed.errors.BackendUnavailable`, with the password hidden.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -111,6 +113,15 @@ class Backend(abc.ABC):
                 f"election name must be 1-200 characters of letters, digits and _.:@- "
                 f"(starting with a letter or digit), got {name!r}"
             )
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ConfigurationError(
+                f"timeout must be a positive number of seconds, got {timeout!r}"
+            )
         unknown = set(options or ()) - self.option_names
         if unknown:
             allowed = ", ".join(sorted(self.option_names)) or "none"
@@ -120,8 +131,17 @@ class Backend(abc.ABC):
             )
         self.url = url
         self.name = name
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.options: dict[str, Any] = dict(options or {})
+        self._configure()
+
+    def _configure(self) -> None:
+        """Read this backend's ``self.options`` and URL; raise ConfigurationError on bad ones.
+
+        Called at construction, before any connection: a backend never connects here (the
+        engine connects in its own thread, after a Celery worker's fork).
+        """
+        return
 
     @property
     def display_url(self) -> str:

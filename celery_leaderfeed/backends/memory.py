@@ -12,8 +12,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError
@@ -207,19 +206,11 @@ class MemoryBackend(Backend):
     schemes = ("memory",)
     option_names = frozenset({"store"})
 
-    def __init__(
-        self,
-        url: str = "memory://",
-        *,
-        name: str = "default",
-        timeout: float = 1.0,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(url, name=name, timeout=timeout, options=options)
+    def _configure(self) -> None:
         store = self.options.get("store")
         if store is not None and not isinstance(store, MemoryStore):
             raise ConfigurationError(f"option 'store' must be a MemoryStore, got {store!r}")
-        self.store: MemoryStore = store or memory_store(url)
+        self.store: MemoryStore = store or memory_store(self.url)
 
     def _connect(self) -> None:
         self.store.observe(self.name)  # fails during an injected outage, like a real connect

@@ -172,15 +172,7 @@ class MongoBackend(Backend):
         | {"collection_size_bytes", "collection_max_docs"}
     )
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        name: str = "default",
-        timeout: float = 1.0,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(url, name=name, timeout=timeout, options=options)
+    def _configure(self) -> None:
         opts = self.options
         self.database_name = _name_option(opts, "database", self._url_database() or "leaderfeed")
         self.collection_name = _name_option(opts, "collection", "leaderfeed")

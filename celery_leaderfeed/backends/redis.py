@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -188,15 +187,7 @@ class RedisBackend(Backend):
     connection_errors = (redis.RedisError, OSError)
     option_names = frozenset({"key_prefix", "client"})
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        name: str = "default",
-        timeout: float = 1.0,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(url, name=name, timeout=timeout, options=options)
+    def _configure(self) -> None:
         prefix = self.options.get("key_prefix", "leaderfeed")
         if not isinstance(prefix, str) or not prefix:
             raise ConfigurationError(
@@ -208,7 +199,7 @@ class RedisBackend(Backend):
                 f"option 'client' must be a redis.Redis, got {type(client).__name__}"
             )
         # The braces are a Redis Cluster hash tag: all keys of one election share a slot.
-        base = f"{prefix}:{{{name}}}"
+        base = f"{prefix}:{{{self.name}}}"
         self.record_key = f"{base}:leader"
         self.schedule_key = f"{base}:schedule"
         self.channel = f"{base}:events"

@@ -35,14 +35,13 @@ connections are made in ``connect()`` (or lazily), never in ``__init__``.
 from __future__ import annotations
 
 import contextlib
-import math
 import queue
 import re
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -203,24 +202,14 @@ class RethinkBackend(Backend):
     connection_errors = (ReqlError, OSError)
     option_names = frozenset({"table"})
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        name: str = "default",
-        timeout: float = 1.0,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(url, name=name, timeout=timeout, options=options)
-        if isinstance(timeout, bool) or not (isinstance(timeout, int | float) and timeout > 0):
-            raise ConfigurationError(f"timeout must be a positive number of seconds: {timeout!r}")
-        if not math.isfinite(timeout):
-            raise ConfigurationError(f"timeout must be finite: {timeout!r}")
+    def _configure(self) -> None:
         table = self.options.get("table", DEFAULT_TABLE)
         if not isinstance(table, str) or not _NAME.fullmatch(table):
             raise ConfigurationError(f"option 'table' must be a RethinkDB name, got {table!r}")
         self.table_name = table
-        self.host, self.port, self.user, self._password, self.db = _parse_url(url, self.display_url)
+        self.host, self.port, self.user, self._password, self.db = _parse_url(
+            self.url, self.display_url
+        )
         self._lock = threading.RLock()  # the driver's connections are not thread-safe
         self._conn: Any = None
         self._closed = False

@@ -19,24 +19,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from tests.helpers import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 START_TIMEOUT = 15.0
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(0.005)
 
 
 class RethinkDBWireServer:
@@ -108,7 +96,7 @@ class RethinkDBWireServer:
                 )
             return self._read_status()
 
-        self.port = _wait_for(ready, START_TIMEOUT, "the rethinkdb_wire server")["port"]
+        self.port = wait_until(ready, START_TIMEOUT, message="the rethinkdb_wire server")["port"]
         return self
 
     def stop(self, *, cleanup: bool = True, kill: bool = False) -> None:
@@ -151,10 +139,10 @@ class RethinkDBWireServer:
             raise RuntimeError("rethinkdb_wire server is not running")
         before = status["drops"]
         self._process.send_signal(signal.SIGUSR1)
-        _wait_for(
+        wait_until(
             lambda: (self._read_status() or {}).get("drops", before) > before,
             timeout,
-            "the connection drop",
+            message="the connection drop",
         )
 
     def __enter__(self) -> RethinkDBWireServer:
