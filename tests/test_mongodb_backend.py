@@ -22,7 +22,6 @@ from pymongo.database import Database
 
 from celery_leaderfeed import BackendUnavailable, ConfigurationError, LeaderFeed
 from celery_leaderfeed.backends import backend_class
-from celery_leaderfeed.backends import mongodb as mongodb_module
 from celery_leaderfeed.backends.base import (
     Backend,
     DataChanged,
@@ -30,7 +29,8 @@ from celery_leaderfeed.backends.base import (
     RecordChanged,
     Subscription,
 )
-from celery_leaderfeed.backends.mongodb import MongoBackend
+from celery_leaderfeed.backends.mongodb import MongoBackend, documents
+from celery_leaderfeed.backends.mongodb import backend as mongodb_backend
 from celery_leaderfeed.record import CORRUPT_VERSION, MISSING_VERSION, RECORD_FORMAT, decode_record
 from tests.fixtures.mongodb_server import MongoFaultServer
 from tests.helpers import wait_until
@@ -125,7 +125,7 @@ class _StandaloneView:
 def standalone(monkeypatch: pytest.MonkeyPatch) -> None:
     real = pymongo.MongoClient
     monkeypatch.setattr(
-        mongodb_module, "MongoClient", lambda *a, **k: _StandaloneView(real(*a, **k))
+        mongodb_backend, "MongoClient", lambda *a, **k: _StandaloneView(real(*a, **k))
     )
 
 
@@ -465,7 +465,7 @@ def test_the_servers_record_check_agrees_with_decode_record(
     for index, doc in enumerate(variants):
         records.insert_one({"_id": index, **doc})
         python_says = _valid(doc)
-        server_says = records.find_one({"_id": index, "$expr": mongodb_module._VALID}) is not None
+        server_says = records.find_one({"_id": index, "$expr": documents.VALID_RECORD}) is not None
         if server_says != python_says:
             disagreements.append((doc, python_says, server_says))
     assert disagreements == []
@@ -557,6 +557,7 @@ def test_database_comes_from_the_url_unless_given() -> None:
 
 def test_missing_pymongo_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pymongo", None)  # "import pymongo" now fails
-    monkeypatch.delitem(sys.modules, "celery_leaderfeed.backends.mongodb")
+    for module in [m for m in sys.modules if m.startswith("celery_leaderfeed.backends.mongodb")]:
+        monkeypatch.delitem(sys.modules, module)
     with pytest.raises(ConfigurationError, match=r"celery-leaderfeed\[mongodb\]"):
         backend_class("mongodb://localhost/")

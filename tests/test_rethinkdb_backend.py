@@ -111,7 +111,8 @@ def test_bad_urls_and_options_are_configuration_errors(
 
 def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "rethinkdb", None)  # "from rethinkdb import r" now fails
-    monkeypatch.delitem(sys.modules, "celery_leaderfeed.backends.rethinkdb")
+    for module in [m for m in sys.modules if m.startswith("celery_leaderfeed.backends.rethinkdb")]:
+        monkeypatch.delitem(sys.modules, module)
     with pytest.raises(ConfigurationError, match=r"pip install 'celery-leaderfeed\[rethinkdb\]'"):
         backend_class("rethinkdb://localhost/")
 

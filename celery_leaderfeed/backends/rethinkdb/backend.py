@@ -1,0 +1,305 @@
+"""``RethinkBackend``: the record as one document, changed by a conditional ``replace``."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from rethinkdb import r
+from rethinkdb.errors import (
+    ReqlCompileError,
+    ReqlError,
+    ReqlOpFailedError,
+    ReqlRuntimeError,
+    ReqlTimeoutError,
+)
+
+from ...errors import BackendUnavailable, ConfigurationError
+from ...record import RECORD_FORMAT, Observation, WriteResult
+from ...urls import redact_urls_in
+from ..base import Backend, DataChanged, FeedEvent, Subscription
+from .connection import (
+    DEFAULT_TABLE,
+    NAME_PATTERN,
+    bound,
+    close_quietly,
+    describe,
+    parse_url,
+    socket_of,
+)
+from .feeds import RethinkSubscription
+from .queries import (
+    ENTRY_PREFIX,
+    FIELDS,
+    REFUSED,
+    Term,
+    at_least,
+    entries_of,
+    field,
+    holds,
+    is_record,
+    observation_of,
+    version_of,
+)
+
+__all__ = ["RethinkBackend"]
+
+T = TypeVar("T")
+#: ReqlOpFailedError's words for a database or table the server lacks.
+MISSING = "does not exist"
+
+
+class RethinkBackend(Backend):
+    """Backend for ``rethinkdb://[user[:password]@]host[:port][/db]``.
+
+    ``user`` defaults to ``admin``, the password to none, the port to 28015 and the database
+    to ``leaderfeed``. Options: ``table`` (default ``"leaderfeed"``).
+    """
+
+    schemes = ("rethinkdb",)
+    # Every driver error (ReqlTimeoutError is also an OSError) means the store cannot serve us.
+    connection_errors = (ReqlError, OSError)
+    option_names = frozenset({"table"})
+
+    def _configure(self) -> None:
+        table = self.options.get("table", DEFAULT_TABLE)
+        if not isinstance(table, str) or not NAME_PATTERN.fullmatch(table):
+            raise ConfigurationError(f"option 'table' must be a RethinkDB name, got {table!r}")
+        self.table_name = table
+        self.host, self.port, self.user, self._password, self.db = parse_url(
+            self.url, self.display_url
+        )
+        self._lock = threading.RLock()  # the driver's connections are not thread-safe
+        self._conn: Any = None
+        self._closed = False
+        self._may_create = False  # set by create(): re-make what the server lost
+
+    def table_query(self) -> Term:
+        return r.db(self.db).table(self.table_name)
+
+    def record_query(self) -> Term:
+        return self.table_query().get(self.name)
+
+    # -- connections and calls -----------------------------------------------------------------
+
+    def time_left(self, deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BackendUnavailable(f"{self.display_url}: no answer within {self.timeout:g} s")
+        return left
+
+    def open_connection(self, deadline: float) -> Any:
+        """A new connection, its handshake bounded by the time left."""
+        if self._closed:
+            raise BackendUnavailable(f"{self!r} is closed")
+        return r.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self._password,
+            timeout=self.time_left(deadline),
+        )
+
+    def _execute(self, query: Term, deadline: float) -> Any:
+        """Run ``query`` on the shared connection; call with ``_lock`` held."""
+        if self._conn is None or not self._conn.is_open():
+            self._drop()
+            self._conn = self.open_connection(deadline)
+        try:
+            bound(socket_of(self._conn), self.time_left(deadline))
+            return query.run(self._conn)
+        except (ReqlRuntimeError, ReqlCompileError):
+            raise  # the server answered: the connection is fine
+        except BaseException:
+            self._drop()  # timed out or broken: a late reply must never meet the next query
+            raise
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            close_quietly(conn)
+
+    @contextlib.contextmanager
+    def _mapped(self) -> Iterator[None]:
+        try:
+            yield
+        except ReqlError as exc:
+            timed_out = isinstance(exc, ReqlTimeoutError)
+            detail = f"no answer within {self.timeout:g} s" if timed_out else describe(exc)
+            raise BackendUnavailable(redact_urls_in(f"{self.display_url}: {detail}")) from exc
+
+    def _with_tables(self, attempt: Callable[[], T], deadline: float) -> T:
+        """``attempt()``; if the server lost our database or table since create() (it restarted
+        empty), make them again and attempt once more."""
+        try:
+            return attempt()
+        except ReqlOpFailedError as exc:
+            if not (self._may_create and MISSING in exc.message):
+                raise
+        self._make_tables(deadline)
+        return attempt()
+
+    def _run(self, query: Term) -> Any:
+        with self._mapped(), self._lock:
+            deadline = time.monotonic() + self.timeout
+            return self._with_tables(lambda: self._execute(query, deadline), deadline)
+
+    def _make_tables(self, deadline: float) -> None:
+        db, table = r.db(self.db), self.table_name
+        with self._lock:
+            for query in (
+                r.branch(r.db_list().contains(self.db), None, r.db_create(self.db)),
+                r.branch(db.table_list().contains(table), None, db.table_create(table)),
+            ):
+                try:  # checked first, so existing ones need no permission to create
+                    self._execute(query, deadline)
+                except ReqlOpFailedError as exc:
+                    if "already exists" not in exc.message:  # else another member was first
+                        raise
+            # Not the default "all_replicas_ready": a cluster with a replica down still works.
+            self._execute(self.table_query().wait(wait_for="ready_for_writes"), deadline)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        with self._mapped(), self._lock:
+            self._closed = False
+            self._drop()
+            self._conn = self.open_connection(time.monotonic() + self.timeout)
+
+    def _create(self) -> None:
+        self._may_create = True
+        with self._mapped():
+            self._make_tables(time.monotonic() + self.timeout)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+    # -- the record ----------------------------------------------------------------------------
+
+    def _read(self) -> Observation:
+        reply = self._run(r.expr({"doc": self.record_query(), "now": r.now().to_epoch_time()}))
+        return observation_of(reply["doc"], reply["now"])
+
+    def _new(self, *values: Term) -> dict[str, Term]:
+        """The record document from the values of ``FIELDS``, in that order."""
+        return {"id": self.name, "format": RECORD_FORMAT, **dict(zip(FIELDS, values, strict=True))}
+
+    def _write(self, change: Callable[[Term, Term, Term], Term]) -> WriteResult:
+        """One atomic replace: ``change(doc, valid, now)`` returns the new document, or ``doc``
+        itself to refuse; the same query reads the document back for a refusal."""
+        record = self.record_query()
+        query = (
+            r.now()
+            .to_epoch_time()
+            .do(
+                lambda now: record.replace(
+                    lambda doc: is_record(doc).do(lambda valid: change(doc, valid, now)),
+                    return_changes=True,
+                ).do(lambda result: {"result": result, "doc": record, "now": now})
+            )
+        )
+        reply = self._run(query)
+        result = reply["result"]
+        if result.get("errors"):
+            raise BackendUnavailable(
+                f"{self.display_url} refused the write: {result.get('first_error')}"
+            )
+        changes = result.get("changes") or []
+        if result.get("replaced", 0) + result.get("inserted", 0) == 1 and changes:
+            return WriteResult(True, observation_of(changes[0]["new_val"], reply["now"]))
+        return WriteResult(False, observation_of(reply["doc"], reply["now"]))
+
+    def _claim(
+        self, expected_version: int, holder: str, token: str, min_term: int, min_version: int
+    ) -> WriteResult:
+        def change(doc: Term, valid: Term, now: Term) -> Term:
+            fresh = now.mul(1000).floor()  # over a missing or foreign record: the clock in ms
+            term = at_least(r.branch(valid, doc["term"].add(1), fresh), min_term)
+            version = at_least(r.branch(valid, doc["version"].add(1), fresh), min_version)
+            entries = r.branch(valid, entries_of(doc), {})
+            new = self._new(holder, token, term, version, None, now, entries)
+            return r.branch(version_of(doc, valid).eq(expected_version), new, doc)
+
+        return self._write(change)
+
+    def _renew(self, term: int, token: str) -> WriteResult:
+        def change(doc: Term, valid: Term, now: Term) -> Term:
+            holder, nominee = field(doc, "holder"), field(doc, "nominee")
+            nominee = r.branch(nominee.eq(holder), None, nominee)
+            version = doc["version"].add(1)
+            new = self._new(holder, token, term, version, nominee, now, entries_of(doc))
+            return r.branch(holds(doc, valid, term, token), new, doc)
+
+        return self._write(change)
+
+    def _resign(self, term: int, token: str, nominee: str | None) -> WriteResult:
+        def change(doc: Term, valid: Term, now: Term) -> Term:
+            version = doc["version"].add(1)
+            new = self._new(None, None, term, version, nominee, now, entries_of(doc))
+            return r.branch(holds(doc, valid, term, token), new, doc)
+
+        return self._write(change)
+
+    def _nominate(self, expected_version: int, nominee: str) -> WriteResult:
+        def change(doc: Term, valid: Term, now: Term) -> Term:
+            holder, token, version = field(doc, "holder"), field(doc, "token"), doc["version"]
+            new = self._new(
+                holder, token, doc["term"], version.add(1), nominee, now, entries_of(doc)
+            )
+            return r.branch(r.branch(valid, version.eq(expected_version), False), new, doc)
+
+        return self._write(change)
+
+    # -- schedule state ------------------------------------------------------------------------
+
+    def _read_entries(self) -> dict[str, str]:
+        stored = self._run(self.record_query()["schedule"].default({}))
+        if not isinstance(stored, dict):
+            return {}
+        return {
+            key[len(ENTRY_PREFIX) :]: value
+            for key, value in stored.items()
+            if key.startswith(ENTRY_PREFIX) and isinstance(value, str)
+        }
+
+    def _write_entry(
+        self, term: int, token: str, entry: str, expected: str | None, new: str
+    ) -> bool:
+        key = ENTRY_PREFIX + entry
+
+        def change(doc: Term, valid: Term) -> Term:
+            still = r.branch(
+                holds(doc, valid, term, token),
+                entries_of(doc)[key].default(None).eq(expected),
+                False,
+            )
+            # r.error, not doc: "unchanged" would not tell a refusal from rewriting the same value.
+            return r.branch(still, doc.merge({"schedule": {key: new}}), r.error(REFUSED))
+
+        result = self._run(
+            self.record_query().replace(lambda doc: is_record(doc).do(lambda ok: change(doc, ok)))
+        )
+        if not result.get("errors"):
+            return True
+        if REFUSED in str(result.get("first_error")):
+            return False
+        raise BackendUnavailable(f"{self.display_url} refused the write: {result['first_error']}")
+
+    # -- the feed ------------------------------------------------------------------------------
+
+    def _subscribe(self) -> Subscription:
+        deadline = time.monotonic() + self.timeout
+        with self._mapped():
+            return self._with_tables(lambda: RethinkSubscription(self, deadline), deadline)
+
+    def data_event(self, change: dict[str, Any]) -> FeedEvent | None:
+        docs = [doc for doc in (change.get("old_val"), change.get("new_val")) if doc is not None]
+        if any(doc.get("id") == self.name or doc.get("format") == RECORD_FORMAT for doc in docs):
+            return None  # a leader record (ours comes through the point feed)
+        return DataChanged(change) if docs else None
