@@ -72,10 +72,18 @@ class MemberCluster:
 
         return wait_until(current, timeout, interval=0.01, message="a member acting as leader")
 
-    def wait_for_act_after(self, moment: float, timeout: float) -> Act:
-        return wait_until(
-            lambda: first_act_after(self.acts(), moment), timeout, message="an act after the fault"
-        )
+    def wait_for_act_after(self, moment: float, timeout: float, *, not_by: str = "") -> Act:
+        """The first act after ``moment`` (by a member other than ``not_by``, if given).
+
+        A process signalled at ``moment`` may still record an act a moment later: the signal
+        takes effect when it is delivered, not when it is sent.
+        """
+
+        def found() -> Act | None:
+            later = [a for a in self.acts() if a.at > moment and a.member != not_by]
+            return min(later, key=lambda act: act.at) if later else None
+
+        return wait_until(found, timeout, message="an act after the fault")
 
     def run_for(self, seconds: float) -> None:
         """Let the cluster run: wait until acts are recorded ``seconds`` from now."""
