@@ -391,16 +391,28 @@ class Election:
             # out; that lease was renewed before the loss, so before this claim was sent.
             delay = self.timing.election_timeout_min if known.record is None else 0.0
             self._become_leader(result, sent, sent + delay)
-        elif (
-            self.feed_up
-            and result.observation.version > known.version
-            and sent - self.observed_at >= self.timing.heartbeat_interval
-        ):
-            # The record moved on long ago and the feed never said so: it has gone deaf.
+        elif self._missed_renewals(known, result.observation, sent):
+            # The same leader renewed long ago and the feed never said so: it has gone deaf.
             self.feed_suspect = True
         if not result.ok and result.observation.same_state(known):
             self.known = None  # unchanged yet refused (e.g. new foreign data): start waiting again
         self.observe(result.observation, now, authoritative=True)
+
+    def _missed_renewals(self, known: Observation, current: Observation, sent: float) -> bool:
+        """Whether a refused claim shows renewals the feed should have delivered.
+
+        A record that moved to another holder or term is a lost race with another claimer,
+        not a deaf feed: only renewals of the very term we saw count.
+        """
+        seen, now = known.record, current.record
+        return (
+            self.feed_up
+            and seen is not None
+            and now is not None
+            and (now.term, now.token) == (seen.term, seen.token)
+            and now.version > seen.version
+            and sent - self.observed_at >= self.timing.heartbeat_interval
+        )
 
     def _become_leader(self, result: WriteResult, sent: float, valid_from: float) -> None:
         record = result.observation.record

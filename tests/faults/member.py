@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 
 from celery_leaderfeed import LeaderFeed, Role
@@ -48,14 +47,16 @@ def main() -> None:
         election_timeout_max=args.max,
         options=json.loads(args.options),
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A plain flag: Event.set() inside a signal handler can deadlock on the Event's lock when
+    # the handler interrupts the main thread's own Event.wait() (CPython issue 126434).
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     feed.on("new_state", lambda role: print(f"{time.monotonic():.6f} new_state {role}", flush=True))
     feed.start(retry=True)
     print(f"{time.monotonic():.6f} started", flush=True)
     acts = os.open(args.acts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     trusted = feed.lease
-    while not stop.is_set():
+    while not stopping:
         lease = feed.lease
         now = time.monotonic()
         if args.unsafe:
@@ -67,7 +68,7 @@ def main() -> None:
         if acting:
             # One write(2) per act on an O_APPEND file: lines from processes never interleave.
             os.write(acts, f"{now:.6f} {args.id} {lease.term}\n".encode())
-        stop.wait(SAMPLE_SECONDS)
+        time.sleep(SAMPLE_SECONDS)
     stopping = time.monotonic()
     feed.stop()
     print(f"{stopping:.6f} stopping", flush=True)

@@ -259,6 +259,22 @@ def test_a_follower_whose_feed_went_deaf_notices_on_its_failed_claim() -> None:
     assert len(cluster.terms()) == 1
 
 
+def test_losing_a_claim_race_is_not_taken_for_a_deaf_feed() -> None:
+    cluster = Cluster(3)
+    old = cluster.member(settle(cluster))
+    cluster.members.remove(old)  # crashed
+    first, second = cluster.members
+    cluster.run(HEARTBEAT)
+    # Both time the leader out at once; the second claims before its feed shows the first's.
+    now = cluster.clock()
+    first.election.election_at = second.election.election_at = now
+    first.election.step(now)
+    second.election.step(now)
+    assert first.election.stats.claims == second.election.stats.claims == 1
+    assert first.election.stats.claims_won + second.election.stats.claims_won == 1
+    assert not first.election.feed_suspect and not second.election.feed_suspect
+
+
 def test_a_leader_whose_feed_went_deaf_notices_its_own_silence() -> None:
     cluster = Cluster(1)
     leader = cluster.member(settle(cluster))
