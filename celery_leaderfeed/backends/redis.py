@@ -50,10 +50,13 @@ local function load(key)
   if not (at == nil or at == cjson.null or type(at) == 'number') then return nil, -1, raw end
   return rec, rec['version'], raw
 end
-local function now()
+-- Whole milliseconds: cjson keeps 14 significant digits, so finer times would be rounded
+-- in the stored record and no longer match the term minted from them.
+local function now_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function now() return now_ms() / 1000 end
 local function store(key, channel, rec)
   rec['format'] = FORMAT
   local raw = cjson.encode(rec)
@@ -79,10 +82,10 @@ _CLAIM = (
     _PRELUDE
     + """
 local rec, version, raw = load(KEYS[1])
-local t = now()
+local fresh = now_ms()
+local t = fresh / 1000
 if version ~= tonumber(ARGV[2]) then return {0, raw, tostring(t)} end
 -- Over an empty store term and version start at the clock in ms: they rise even after data loss.
-local fresh = math.floor(t * 1000)
 local written = store(KEYS[1], ARGV[1], {
   holder = ARGV[3], token = ARGV[4], nominee = cjson.null, renewed_at = t,
   term = math.max(rec and (rec['term'] + 1) or fresh, tonumber(ARGV[5])),
