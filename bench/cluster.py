@@ -15,14 +15,19 @@ import json
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.processes import Proc, python_command, wait_for
 from bench.servers import Store
+from bench.stats import summary
 from tests.faults.checker import Act, violations
 
 #: How long a member may take to exit after SIGTERM (it normally takes a few milliseconds).
 STOP_TIMEOUT = 5.0
+#: Trials that may be aborted (a member hung or died unasked) before a run gives up.
+MAX_ABORTED = 10
 
 
 class MemberTrouble(RuntimeError):
@@ -212,3 +217,45 @@ class MemberCluster:
         for proc in self.members.values():
             proc.stop()
         self.members.clear()
+
+
+def run_trials(
+    cluster: MemberCluster, trials: int, trial: Callable[[MemberCluster], float], settle: float
+) -> dict[str, Any]:
+    """Start ``cluster``, take ``trials`` samples of ``trial`` and judge every act afterwards.
+
+    A trial that a member spoils is aborted, the member replaced and the trial taken again;
+    ``settle`` is the pause that lets a new member join before the next sample.
+    """
+    samples: list[float] = []
+    aborted: list[str] = []
+    #: Trials during which members logged warnings (numbered from 1, as in ``samples``).
+    notes: list[dict[str, Any]] = []
+    try:
+        cluster.start()
+        cluster.leader(timeout=30)  # a fresh store: claimed at once, acted on a timeout later
+        time.sleep(settle)
+        while len(samples) < trials:
+            if len(aborted) > MAX_ABORTED:
+                raise RuntimeError(f"too many aborted trials: {aborted}")
+            cluster.warnings()  # what was logged before this trial is not its story
+            try:
+                samples.append(trial(cluster))
+                logged = cluster.warnings()
+                if logged:
+                    notes.append({"trial": len(samples), "logged": logged})
+            except (MemberTrouble, TimeoutError) as exc:
+                aborted.append(f"{type(exc).__name__}: {exc}")
+                print(f"    trial aborted: {exc}", flush=True)
+                cluster.replenish()
+                time.sleep(settle)
+        found = cluster.violations()
+    finally:
+        cluster.close()
+    return {
+        "samples": samples,
+        "summary": summary(samples),
+        "safety_violations": found,
+        "aborted_trials": aborted,
+        "trials_with_warnings": notes,
+    }

@@ -20,15 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import MemberCluster, MemberTrouble
+from bench.cluster import MemberCluster, run_trials
 from bench.servers import store
-from bench.stats import summary
 
 #: name -> (heartbeat, election timeout min, max)
 TIMINGS = {"default": (1.0, 3.0, 4.0), "fast": (0.25, 0.75, 1.0)}
 REPLACEMENT_SETTLE = 0.5
-#: Trials that may be aborted (a member died unasked) and replaced before the part gives up.
-MAX_ABORTED = 10
 
 
 def run(backends: list[str], trials: dict[str, int], workdir: Path) -> dict[str, Any]:
@@ -65,38 +62,7 @@ def run(backends: list[str], trials: dict[str, int], workdir: Path) -> dict[str,
 
 
 def _trials(cluster: MemberCluster, trials: int) -> dict[str, Any]:
-    samples: list[float] = []
-    aborted: list[str] = []
-    #: Trials during which members logged warnings (numbered from 1, as in ``samples``).
-    notes: list[dict[str, Any]] = []
-    try:
-        cluster.start()
-        cluster.leader(timeout=30)
-        time.sleep(REPLACEMENT_SETTLE)
-        while len(samples) < trials:
-            if len(aborted) > MAX_ABORTED:
-                raise RuntimeError(f"too many aborted trials: {aborted}")
-            cluster.warnings()  # what was logged before this trial is not its story
-            try:
-                samples.append(_trial(cluster))
-                logged = cluster.warnings()
-                if logged:
-                    notes.append({"trial": len(samples), "logged": logged})
-            except (MemberTrouble, TimeoutError) as exc:
-                aborted.append(f"{type(exc).__name__}: {exc}")
-                print(f"    trial aborted: {exc}", flush=True)
-                cluster.replenish()
-                time.sleep(REPLACEMENT_SETTLE)
-        found = cluster.violations()
-    finally:
-        cluster.close()
-    return {
-        "samples": samples,
-        "summary": summary(samples),
-        "safety_violations": found,
-        "aborted_trials": aborted,
-        "trials_with_warnings": notes,
-    }
+    return run_trials(cluster, trials, _trial, REPLACEMENT_SETTLE)
 
 
 def _trial(cluster: MemberCluster) -> float:

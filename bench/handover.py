@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import MemberCluster, MemberTrouble
+from bench.cluster import MemberCluster, run_trials
 from bench.processes import wait_for
 from bench.servers import Store, store
 from bench.stats import summary
@@ -38,8 +38,6 @@ from celery_leaderfeed import LeaderFeed
 HEARTBEAT, LOW, HIGH = 1.0, 3.0, 4.0
 #: Time a replacement member gets after it started (imported, feed starting), before the next trial.
 REPLACEMENT_SETTLE = 0.3
-#: Trials that may be aborted (and replaced) before the part gives up.
-MAX_ABORTED = 10
 
 
 def run(backends: list[str], trials: int, workdir: Path) -> dict[str, Any]:
@@ -79,39 +77,9 @@ def _line(result: dict[str, Any]) -> str:
 
 def _processes(where: Store, trials: int, workdir: Path) -> dict[str, Any]:
     cluster = MemberCluster(where, workdir, heartbeat=HEARTBEAT, low=LOW, high=HIGH)
-    samples: list[float] = []
-    aborted: list[str] = []
-    #: Trials during which members logged warnings (numbered from 1, as in ``samples``).
-    notes: list[dict[str, Any]] = []
-    try:
-        cluster.start()
-        cluster.leader(timeout=30)  # a fresh store: claimed at once, acted on LOW later
-        time.sleep(REPLACEMENT_SETTLE)
-        while len(samples) < trials:
-            if len(aborted) > MAX_ABORTED:
-                raise RuntimeError(f"too many aborted trials: {aborted}")
-            cluster.warnings()  # what was logged before this trial is not its story
-            try:
-                samples.append(_trial(cluster))
-                logged = cluster.warnings()
-                if logged:
-                    notes.append({"trial": len(samples), "logged": logged})
-            except (MemberTrouble, TimeoutError) as exc:
-                aborted.append(f"{type(exc).__name__}: {exc}")
-                print(f"    trial aborted: {exc}", flush=True)
-                cluster.replenish()
-                time.sleep(REPLACEMENT_SETTLE)
-        found = cluster.violations()
-    finally:
-        cluster.close()
-    return {
-        "samples": samples,
-        "summary": summary(samples),
-        "safety_violations": found,
-        "aborted_trials": aborted,
-        "trials_with_warnings": notes,
-        "method": "processes; successor's first act (3 ms sampling) - stop() call",
-    }
+    result = run_trials(cluster, trials, _trial, REPLACEMENT_SETTLE)
+    result["method"] = "processes; successor's first act (3 ms sampling) - stop() call"
+    return result
 
 
 def _trial(cluster: MemberCluster) -> float:

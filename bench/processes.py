@@ -21,6 +21,7 @@ from typing import TypeVar
 import psutil
 
 from bench.environment import REPO
+from tests.helpers import wait_until
 
 T = TypeVar("T")
 
@@ -153,12 +154,8 @@ def stop_all() -> None:
 def wait_for(
     condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.005
 ) -> T:
-    """Poll ``condition`` until it returns something truthy; TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    """The tests' deadline poll, failing with TimeoutError (a trial the bench may abort)."""
+    try:
+        return wait_until(condition, timeout, interval=interval, message=what)  # type: ignore[return-value]
+    except AssertionError as exc:
+        raise TimeoutError(str(exc)) from None
