@@ -9,6 +9,9 @@ Where the leadership comes from:
 * standalone ``celery beat -S leaderfeed`` (or ``-B`` without the step): its own
   :class:`~celery_leaderfeed.LeaderFeed` in the election ``leaderfeed_beat_name``.
 
+The two are separate elections with separate schedule state, so an app must use one kind; a
+leading embedded beat reports a live standalone one (:mod:`~celery_leaderfeed.rival_beat`).
+
 Why no run is sent twice or lost: every entry's state (the nominal due time of the last run
 handled, see :mod:`~celery_leaderfeed.occurrences`) lives in the store. Before a send, the leader
 *claims* the occurrence by advancing that state with ``write_entry``: a compare-and-set on the
@@ -57,6 +60,7 @@ from .occurrences import (
     plan,
     send_headers,
 )
+from .rival_beat import RivalBeatWatch
 from .settings import LeaderfeedSettings, resolve_settings
 from .shared_lease import SharedView
 from .urls import redact_url
@@ -202,6 +206,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         self._settings: LeaderfeedSettings | None = None
         self._store: Backend | None = None
         self._store_connected = False
+        self._rival: RivalBeatWatch | None = None
         self._parent_pid: int | None = None
         self._closed = False
         #: (term, token) the cached states were read under; None: read again before acting.
@@ -229,6 +234,14 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
             timeout=settings.timing.timeout,
             options=settings.backend_options,
         )
+        if isinstance(self._leadership, WorkerElection):
+            rival_store = backend_from_url(
+                settings.backend_url,
+                name=settings.beat_name,
+                timeout=settings.timing.timeout,
+                options=settings.backend_options,
+            )
+            self._rival = RivalBeatWatch(rival_store, every=settings.timing.election_timeout_max)
         with _termination_deferred():  # the feed's threads inherit the blocked mask
             self._leadership.start()
         logger.info(
@@ -268,6 +281,8 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         finally:
             if self._store is not None:
                 self._store.close()
+            if self._rival is not None:
+                self._rival.close()
             try:
                 super().close()  # releases the broker connection
             except Exception:
@@ -312,6 +327,8 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
             return follower_sleep
         try:
             wake = self._lead(authority)
+            if self._rival is not None:
+                self._rival.look(self._monotonic())
         except BackendUnavailable as exc:
             if not self._store_down:
                 self._store_down = True

@@ -21,8 +21,10 @@ from celery.utils.imports import load_extension_class_names
 
 from celery_leaderfeed import LeaderFeed
 from celery_leaderfeed.backends.memory import MemoryBackend, memory_store
-from celery_leaderfeed.beat import Authority, LeaderScheduler, OwnElection
+from celery_leaderfeed.beat import Authority, LeaderScheduler, OwnElection, WorkerElection
+from celery_leaderfeed.election import Role
 from celery_leaderfeed.occurrences import EntryState, occurrence_id
+from celery_leaderfeed.shared_lease import SharedView
 from tests.helpers import wait_until
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -594,3 +596,60 @@ def test_headers_reach_the_message_on_a_real_broker(
     assert message.headers["task"] == "tests.tick"
     assert message.headers["leaderfeed_occurrence"] == tick_id(1)
     assert message.headers["leaderfeed_term"] == term
+
+
+def embedded_leader(
+    app: Celery, store_url: str, clocks: Clocks, schedulers: list[LeaderScheduler]
+) -> LeaderScheduler:
+    """The beat of a leading worker -B: it follows the worker's lease, as shared memory shows it."""
+    worker = HandLeadership(store_url, "cluster", "worker-a")
+    term = worker.take()
+    view = SharedView(
+        Role.LEADER, term, worker.token, -math.inf, math.inf, "worker-a", "worker-a", 1
+    )
+    scheduler = LeaderScheduler(
+        app,
+        leadership=WorkerElection("cluster", lambda: view),
+        clock=clocks.now,
+        monotonic=clocks.monotonic,
+    )
+    schedulers.append(scheduler)
+    return scheduler
+
+
+def test_an_embedded_beat_reports_a_standalone_beat_leading_beside_it(
+    app: Celery,
+    store_url: str,
+    clocks: Clocks,
+    schedulers: list[LeaderScheduler],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two kinds of beat would each send every run: the embedded leader says so, once."""
+    embedded = embedded_leader(app, store_url, clocks, schedulers)
+    standalone = HandLeadership(store_url, "cluster.beat", "beat@elsewhere:7")
+    standalone_term = standalone.take()
+    with caplog.at_level(logging.INFO, logger="celery_leaderfeed.beat"):
+        for _ in range(4):
+            embedded.tick()
+            assert standalone.backend.renew(standalone_term, standalone.token).ok
+            clocks.advance(0.9)  # the watch looks once per election_timeout_max
+    reports = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(reports) == 1
+    assert "beat@elsewhere:7" in reports[0].getMessage()
+
+
+def test_an_embedded_beat_alone_reports_nothing(
+    app: Celery,
+    store_url: str,
+    clocks: Clocks,
+    schedulers: list[LeaderScheduler],
+    sent: Sent,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    embedded = embedded_leader(app, store_url, clocks, schedulers)
+    with caplog.at_level(logging.INFO, logger="celery_leaderfeed.beat"):
+        for _ in range(4):
+            embedded.tick()
+            clocks.advance(0.9)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert sent.occurrences == [tick_id(1), tick_id(2)]
