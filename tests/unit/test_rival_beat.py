@@ -48,6 +48,15 @@ def watch(url: str) -> RivalBeatWatch:
     return RivalBeatWatch(MemoryBackend(url, name="proj.beat"), every=EVERY)
 
 
+def renewing_rival(url: str, watch: RivalBeatWatch) -> StandaloneBeat:
+    """A standalone beat that the watch saw once and that renewed since."""
+    rival = StandaloneBeat(url)
+    rival.claim()
+    watch.look(0.0)
+    rival.renew()
+    return rival
+
+
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
@@ -55,11 +64,8 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_renewing_standalone_leader_is_reported_once(
     url: str, watch: RivalBeatWatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rival = StandaloneBeat(url)
-    rival.claim()
-    watch.look(0.0)
+    rival = renewing_rival(url, watch)
     assert errors(caplog) == []  # one look cannot tell a live holder from a dead one
-    rival.renew()
     watch.look(EVERY)
     [message] = errors(caplog)
     assert "beat@other:1" in message and "'proj.beat'" in message
@@ -81,10 +87,7 @@ def test_a_record_left_by_a_dead_beat_is_not_reported(
 def test_looks_are_spaced_by_the_interval(
     url: str, watch: RivalBeatWatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rival = StandaloneBeat(url)
-    rival.claim()
-    watch.look(0.0)
-    rival.renew()
+    renewing_rival(url, watch)
     watch.look(EVERY / 2)  # too soon: no read, so the renewal is not seen yet
     assert errors(caplog) == []
     watch.look(EVERY)
@@ -94,10 +97,7 @@ def test_looks_are_spaced_by_the_interval(
 def test_a_rival_that_resigned_and_came_back_is_reported_again(
     url: str, watch: RivalBeatWatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rival = StandaloneBeat(url)
-    rival.claim()
-    watch.look(0.0)
-    rival.renew()
+    rival = renewing_rival(url, watch)
     watch.look(EVERY)
     rival.resign()
     watch.look(2 * EVERY)  # vacant: nothing to report
