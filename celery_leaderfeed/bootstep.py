@@ -19,12 +19,14 @@ Shutdown order
 --------------
 Leadership is given up only once this worker cannot run leader-only work any more:
 
-* warm (``stop``): the worker keeps leading - renewing - while the pool drains; this step joins
-  the pool itself (``pool.stop()``; the Pool step's own stop then has nothing left to do), then
-  stops the feed, which first stops acting (the shared segment says follower) and then resigns
-  so a follower takes over at once instead of after an election timeout;
+* warm (``stop``, before the Pool step's): the lease is marked follower everywhere at once, so
+  no new leader-only body is admitted and the embedded beat stops sending; the worker keeps
+  renewing until every leader-only body admitted before has ended (bodies run holding the
+  segment's admission lock shared; this step waits to take it exclusively), then resigns, so a
+  follower takes over at once instead of after an election timeout. Ordinary tasks drain
+  afterwards, under the new leader; they never hold the handover up;
 * cold (``terminate``): the pool is terminated first (prefork children are killed and joined;
-  threads cannot be killed, so a thread pool's running tasks are waited for), then the same.
+  threads cannot be killed, so a thread pool's running tasks are waited for), then it resigns.
 
 Either way no other worker can start leader-only work while this worker's still runs. A worker
 killed with SIGKILL resigns nothing: its lease runs out by itself, and its orphaned children find
@@ -50,19 +52,21 @@ Accessors for in-process code (the beat scheduler, ``@leader_only``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import click
 from celery import bootsteps, current_app
 from celery.utils.dispatch import Signal
 
+from .election import Role
 from .errors import ConfigurationError
 from .feed import LeaderFeed
 from .settings import DEFAULTS, LeaderfeedSettings, resolve_settings
@@ -75,6 +79,7 @@ __all__ = [
     "WorkerConfigurationError",
     "WorkerLeadership",
     "current_lease",
+    "leader_admission",
     "leadership_report",
     "worker_feed",
     "worker_settings",
@@ -181,7 +186,10 @@ class WorkerLeadership:
         # (version of the held record, monotonic time this worker saw it appear)
         self._record_seen: tuple[int | None, float] = (None, time.monotonic())
         self._stopped = False
-        self.feed.add_observer(self.shared.publish)
+        #: Set by hand_over: the lease is no longer shown to anyone, though the feed renews it.
+        self._standing_down = False
+        self._publishing = threading.Lock()
+        self.feed.add_observer(self._publish)
         self.feed.add_observer(self._relay.observe)
         self.feed.add_observer(self._note_record)
 
@@ -189,6 +197,29 @@ class WorkerLeadership:
         _register(self)
         self._relay.start()
         self.feed.start(retry=True)
+
+    def hand_over(self) -> None:
+        """Warm shutdown: admit no new leader-only work, wait for what runs, then resign.
+
+        The feed keeps renewing meanwhile, so no other worker can start leader-only work
+        while one of ours still runs; ordinary tasks do not hold the handover up.
+        """
+        with self._publishing:
+            self._standing_down = True
+            self.shared.revoke(self.hostname)
+        self.shared.wait_admitted(on_wait=self._log_waiting)
+        self.feed.stop()
+
+    def _log_waiting(self) -> None:
+        logger.info(
+            "leaderfeed %r: shutting down; resigning once the running leader-only tasks end",
+            self.settings.name,
+        )
+
+    def _publish(self, feed: LeaderFeed) -> None:
+        with self._publishing:
+            if not self._standing_down:
+                self.shared.publish(feed)
 
     def stop(self) -> None:
         """Stop acting, resign, then retire the segment. Idempotent."""
@@ -207,6 +238,10 @@ class WorkerLeadership:
 
     def view(self) -> SharedView:
         """The lease as children see it in the segment, read from the live feed."""
+        if self._standing_down:  # from hand_over on, whatever the feed still holds
+            return SharedView(
+                Role.FOLLOWER, None, None, 0.0, 0.0, None, self.hostname, self.owner_pid
+            )
         feed = self.feed
         lease = feed.lease
         return SharedView(
@@ -284,11 +319,15 @@ class LeaderFeedStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.obj.start()
 
     def stop(self, parent: Any) -> None:
-        """Warm shutdown: drain the pool while still leading, then resign."""
+        """Warm shutdown: resign once no leader-only task runs; the pool drains after that."""
+        leadership: WorkerLeadership = self.obj
         try:
+            leadership.hand_over()
+        except Exception:
+            logger.exception("leaderfeed: handing over failed; resigning after the pool drained")
             _finish_pool(parent, warm=True)
         finally:
-            self.obj.stop()
+            leadership.stop()
 
     def terminate(self, parent: Any) -> None:
         """Cold shutdown: end the pool's tasks, then resign."""
@@ -390,6 +429,11 @@ def current_lease(app: Any = None) -> SharedView | None:
 
 def _parent_view(election: str) -> SharedView | None:
     """Read the lease segment of this process's parent (a prefork child or the beat process)."""
+    segment = _parent_segment(election)
+    return None if segment is None else _if_parents(segment.read())
+
+
+def _parent_segment(election: str) -> SharedLease | None:
     pid, ppid = os.getpid(), os.getppid()
     key = (pid, ppid, election)
     with _lock:
@@ -403,9 +447,41 @@ def _parent_view(election: str) -> SharedView | None:
                 _segments[key] = now + _ATTACH_RETRY_SECONDS
                 return None
             _segments[key] = entry = attached
-    view = entry.read()
+    return entry
+
+
+def _if_parents(view: SharedView) -> SharedView | None:
     # A parent that died leaves its segment to a reused PID at worst: trust only our parent's.
-    return view if view.owner_pid == ppid else None
+    return view if view.owner_pid == os.getppid() else None
+
+
+@contextlib.contextmanager
+def leader_admission(app: Any = None) -> Iterator[SharedView | None]:
+    """This worker's lease, read while holding its admission lock until the block ends.
+
+    A warm shutdown marks the lease follower and then waits for this lock (see
+    :meth:`WorkerLeadership.hand_over`), so a body that starts inside the block while the view
+    says leader is one the worker waits for before it resigns.
+    """
+    app = _app_object(app)
+    leadership = _running_here(app)
+    if leadership is not None:
+        with leadership.shared.admission() as admitted:
+            yield leadership.view() if admitted else None
+        return
+    election = os.environ.get(ELECTION_ENV)
+    if not election:
+        settings = worker_settings(app)
+        if settings is None:
+            yield None
+            return
+        election = settings.name
+    segment = _parent_segment(election)
+    if segment is None:
+        yield None
+        return
+    with segment.admission() as admitted:
+        yield _if_parents(segment.read()) if admitted else None
 
 
 def leadership_report(app: Any = None) -> dict[str, Any] | None:

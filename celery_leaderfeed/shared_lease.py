@@ -13,6 +13,10 @@ memory-mapped by each process. ``multiprocessing.shared_memory`` is not used: be
 3.13 it registers every attachment with a resource tracker that unlinks the segment when a
 child exits, and the embedded beat process has closed the tracker's pipe anyway.
 
+The segment file is also the worker's *admission lock*: a leader-only body runs holding a shared
+``flock`` on it, and a worker handing over takes it exclusively, so it resigns exactly when
+no admitted body still runs (a process that dies drops its lock with it).
+
 Layout, written under a sequence lock (odd while a write is in progress)::
 
     seq u64 | owner pid i64 | term i64 | valid from f64 | deadline f64 | role u8 | token 32s |
@@ -22,12 +26,15 @@ Layout, written under a sequence lock (odd while a write is in progress)::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import mmap
 import os
 import struct
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,6 +91,9 @@ class SharedLease:
         self._memory = memory
         self._owner = owner
         self._seq = 0
+        #: One descriptor per thread for the admission lock: flock conflicts between open file
+        #: descriptions, so threads of one process (the threads pool) exclude each other too.
+        self._local = threading.local()
 
     @property
     def name(self) -> str:
@@ -153,6 +163,55 @@ class SharedLease:
         )
         self._seq += 1
         _SEQ.pack_into(buffer, 0, self._seq)
+
+    # -- the admission lock --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[bool]:
+        """Hold the shared admission lock: a handover waits until this block ends.
+
+        Yields False, holding nothing, when the segment is gone (its worker stopped): nothing
+        may be admitted then.
+        """
+        try:
+            descriptor = self._lock_descriptor()
+        except FileNotFoundError:
+            yield False
+            return
+        fcntl.flock(descriptor, fcntl.LOCK_SH)
+        try:
+            yield True
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+
+    def wait_admitted(self, on_wait: Callable[[], None] | None = None, poll: float = 0.01) -> None:
+        """Return once no process holds the admission lock (the owner, while handing over).
+
+        The caller first marks the lease follower, so whoever takes the lock afterwards reads
+        that and leaves at once; the wait is for bodies admitted before. ``on_wait`` is called
+        once if there is anything to wait for.
+        """
+        descriptor = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
+                    time.sleep(poll)  # a sleep Celery's shutdown signals can interrupt
+        finally:
+            os.close(descriptor)  # drops the lock
+
+    def _lock_descriptor(self) -> int:
+        cached: tuple[int, int] | None = getattr(self._local, "descriptor", None)
+        if cached is not None and cached[0] == os.getpid():
+            return cached[1]
+        descriptor = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        self._local.descriptor = (os.getpid(), descriptor)
+        return descriptor
 
     # -- reading (any process) ------------------------------------------------------------------
 

@@ -371,6 +371,29 @@ def test_next_leader_starts_leader_only_work_after_the_old_leaders_stopped(
           f"old leader's last sign of life")  # fmt: skip
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_warm_shutdown_hands_over_while_ordinary_tasks_still_run(
+    cluster: Cluster, pool: str
+) -> None:
+    """Only leader-only bodies hold a handover up; a long ordinary task drains afterwards."""
+    nodes = ["w1", "w2"]
+    cluster.start(nodes, pool=pool)
+    old, old_term = cluster.wait_leader(nodes)
+    (new,) = [node for node in nodes if node != old]
+
+    cluster.send("plain_work", old, "slow", 5.0)
+    wait_until(lambda: cluster.runs(label="slow", event="start"), 10, message="slow task started")
+    cluster.workers[old].send(signal.SIGTERM)
+    _, new_term = cluster.wait_leader([new])
+    led_at = time.monotonic()
+    assert new_term > old_term
+    assert cluster.workers[old].process.wait(15) is not None  # it still drains, then exits
+    [end] = cluster.runs(label="slow", event="end")  # the ordinary task was not cut short
+    assert led_at < end["at"], "the old leader held on until its ordinary task ended"
+    assert "resigning" in cluster.workers[old].log()  # handed over, not timed out
+    print(f"{pool}: new leader {end['at'] - led_at:.3f} s before the old worker's task ended")
+
+
 # -- the store going away --------------------------------------------------------------------------
 
 

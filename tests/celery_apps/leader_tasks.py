@@ -103,6 +103,15 @@ def probe(self: Any) -> dict[str, Any]:
     }
 
 
+@app.task(bind=True)
+def plain_work(self: Any, label: str, duration: float) -> None:
+    """An ordinary task that takes ``duration`` seconds and records when it started and ended."""
+    run = {"label": label, "host": self.request.hostname, "pid": os.getpid()}
+    _record(event="start", at=time.monotonic(), **run)
+    time.sleep(duration)  # the work itself: a worker shutting down must let it finish
+    _record(event="end", at=time.monotonic(), **run)
+
+
 @app.task
 def plain(label: str) -> str:
     """An ordinary task: runs on every worker, leader or not."""
