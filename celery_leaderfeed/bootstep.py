@@ -53,13 +53,14 @@ Accessors for in-process code (the beat scheduler, ``@leader_only``)
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import click
@@ -457,31 +458,39 @@ def _if_parents(view: SharedView) -> SharedView | None:
 
 @contextlib.contextmanager
 def leader_admission(app: Any = None) -> Iterator[SharedView | None]:
-    """This worker's lease, read while holding its admission lock until the block ends.
+    """This worker's lease; while it says leader, the block runs holding the admission lock.
 
-    A warm shutdown marks the lease follower and then waits for this lock (see
+    A warm shutdown marks the lease follower and then waits for that lock (see
     :meth:`WorkerLeadership.hand_over`), so a body that starts inside the block while the view
-    says leader is one the worker waits for before it resigns.
+    says leader is one the worker waits for before it resigns. A view that says follower is
+    yielded without the lock: followers never touch it.
     """
     app = _app_object(app)
     leadership = _running_here(app)
+    segment: SharedLease | None
+    read: Callable[[], SharedView | None]
     if leadership is not None:
-        with leadership.shared.admission() as admitted:
-            yield leadership.view() if admitted else None
-        return
-    election = os.environ.get(ELECTION_ENV)
-    if not election:
-        settings = worker_settings(app)
-        if settings is None:
+        segment, read = leadership.shared, leadership.view
+    else:
+        election = os.environ.get(ELECTION_ENV)
+        if not election:
+            settings = worker_settings(app)
+            election = settings.name if settings is not None else None
+        segment = _parent_segment(election) if election else None
+        if segment is None:
             yield None
             return
-        election = settings.name
-    segment = _parent_segment(election)
-    if segment is None:
-        yield None
+        read = functools.partial(_read_parents, segment)
+    view = read()
+    if view is None or not view.is_leader():
+        yield view
         return
     with segment.admission() as admitted:
-        yield _if_parents(segment.read()) if admitted else None
+        yield read() if admitted else None  # read again: a handover may have begun meanwhile
+
+
+def _read_parents(segment: SharedLease) -> SharedView | None:
+    return _if_parents(segment.read())
 
 
 def leadership_report(app: Any = None) -> dict[str, Any] | None:

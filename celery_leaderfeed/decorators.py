@@ -62,7 +62,7 @@ from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 from celery.local import Proxy
 
-from .bootstep import current_lease, leader_admission, worker_settings
+from .bootstep import leader_admission, worker_settings
 from .election import Role
 from .errors import ConfigurationError, NotLeaderError
 from .settings import FOLLOWER_POLICIES, FollowerPolicy
@@ -127,16 +127,14 @@ def _wrap(fn: F, policy: FollowerPolicy | None) -> F:
     def leader_only_body(*args: Any, **kwargs: Any) -> Any:
         task = get_current_task()
         app = task.app if task is not None else current_app
-        view = current_lease(app)  # without the lock first: followers never touch it
-        if view is not None and view.term is not None and view.is_leader():
-            # Checked again under the admission lock, which a worker handing over waits for.
-            with leader_admission(app) as view:
-                if view is not None and view.term is not None and view.is_leader():
-                    token = _term.set(view.term)
-                    try:
-                        return fn(*args, **kwargs)
-                    finally:
-                        _term.reset(token)
+        # A leader's body runs under the admission lock, which a worker handing over waits for.
+        with leader_admission(app) as view:
+            if view is not None and view.term is not None and view.is_leader():
+                token = _term.set(view.term)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _term.reset(token)
         return _on_follower(task, app, fn, policy, view)
 
     # Celery checks call arguments against the signature it reads from the task function.
