@@ -18,7 +18,9 @@ Put ``@leader_only`` *below* ``@app.task``. Leadership is checked when the body 
 run - after any prefetch, ETA or countdown wait - from this worker's lease
 (:func:`~celery_leaderfeed.bootstep.current_lease`): the live feed in the worker's main process
 (solo and thread pools), the worker's shared-memory segment in prefork children, under
-``fork`` or ``spawn`` and in replacement children alike. No store round trip per task.
+``fork`` or ``spawn`` and in replacement children alike. No store round trip per task. A body
+runs holding its worker's admission lock (a shared ``flock``), so a worker shutting down
+resigns only once its leader-only bodies have ended.
 
 On a follower the body does not run; what happens is the task's ``policy``, else the
 ``leaderfeed_follower_policy`` setting:
