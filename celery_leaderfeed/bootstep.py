@@ -19,14 +19,16 @@ Shutdown order
 --------------
 Leadership is given up only once this worker cannot run leader-only work any more:
 
-* warm (``stop``, before the Pool step's): the lease is marked follower everywhere at once, so
+* warm (begun by ``worker_shutting_down``, the signal handler's notice, else by ``stop``,
+  which runs before the Pool step's): the lease is marked follower everywhere at once, so
   no new leader-only body is admitted and the embedded beat stops sending; the worker keeps
   renewing until every leader-only body admitted before has ended (bodies run holding the
   segment's admission lock shared; this step waits to take it exclusively), then resigns, so a
   follower takes over at once instead of after an election timeout. Ordinary tasks drain
   afterwards, under the new leader; they never hold the handover up;
-* cold (``terminate``): the pool is terminated first (prefork children are killed and joined;
-  threads cannot be killed, so a thread pool's running tasks are waited for), then it resigns.
+* cold (``terminate``; its signal, too, stops admitting at once): the pool is terminated first
+  (prefork children are killed and joined, dropping their locks; threads cannot be killed, so
+  a thread pool's running tasks are waited for), then it resigns.
 
 Either way no other worker can start leader-only work while this worker's still runs. A worker
 killed with SIGKILL resigns nothing: its lease runs out by itself, and its orphaned children find
@@ -65,6 +67,7 @@ from typing import Any
 
 import click
 from celery import bootsteps, current_app
+from celery.signals import worker_shutting_down
 from celery.utils.dispatch import Signal
 
 from .election import Role
@@ -93,6 +96,8 @@ logger = logging.getLogger("celery_leaderfeed")
 ELECTION_ENV = "LEADERFEED_WORKER_ELECTION"
 #: How long a process that found no lease segment waits before looking again.
 _ATTACH_RETRY_SECONDS = 1.0
+#: How long stopping waits for a hand-over the shutdown signal began (it normally takes ms).
+_HAND_OVER_JOIN_SECONDS = 10.0
 
 
 class WorkerConfigurationError(ConfigurationError, click.ClickException):
@@ -190,6 +195,9 @@ class WorkerLeadership:
         #: Set by hand_over: the lease is no longer shown to anyone, though the feed renews it.
         self._standing_down = False
         self._publishing = threading.Lock()
+        self._hand_over_lock = threading.Lock()
+        self._handed_over = False
+        self._hand_over_thread: threading.Thread | None = None
         self.feed.add_observer(self._publish)
         self.feed.add_observer(self._relay.observe)
         self.feed.add_observer(self._note_record)
@@ -205,11 +213,29 @@ class WorkerLeadership:
         The feed keeps renewing meanwhile, so no other worker can start leader-only work
         while one of ours still runs; ordinary tasks do not hold the handover up.
         """
-        with self._publishing:
-            self._standing_down = True
-            self.shared.revoke(self.hostname)
-        self.shared.wait_admitted(on_wait=self._log_waiting)
-        self.feed.stop()
+        with self._hand_over_lock:  # once; a second caller waits for the first to finish
+            if self._handed_over:
+                return
+            with self._publishing:
+                self._standing_down = True
+                self.shared.revoke(self.hostname)
+            self.shared.wait_admitted(on_wait=self._log_waiting)
+            self.feed.stop()
+            self._handed_over = True
+
+    def begin_hand_over(self) -> None:
+        """Start :meth:`hand_over` on a thread of its own, as soon as a shutdown is requested.
+
+        Celery stops the consumer and other steps before this one, which can take most of a
+        second; the shutdown signal tells us earlier. Safe in a signal handler: it only starts a
+        thread. The step's ``stop`` then waits for this hand-over instead of starting another.
+        """
+        if self._hand_over_thread is not None or self._stopped:
+            return
+        self._hand_over_thread = threading.Thread(
+            target=self.hand_over, name="leaderfeed-handover", daemon=True
+        )
+        self._hand_over_thread.start()
 
     def _log_waiting(self) -> None:
         logger.info(
@@ -227,6 +253,11 @@ class WorkerLeadership:
         if self._stopped:
             return
         self._stopped = True
+        thread = self._hand_over_thread
+        if thread is not None:
+            # Cold shutdown ends the pool first, so an early hand-over has nothing left to
+            # wait for; let it finish before the segment it locks goes away.
+            thread.join(_HAND_OVER_JOIN_SECONDS)
         try:
             self.feed.stop()
         finally:
@@ -318,12 +349,20 @@ class LeaderFeedStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, parent: Any) -> None:
         self.obj.start()
+        worker_shutting_down.connect(self._on_shutting_down, weak=False)
+
+    def _on_shutting_down(self, sender: Any = None, **kwargs: Any) -> None:
+        # Sent from the worker's signal handler, warm or cold, in its main process only.
+        leadership: WorkerLeadership | None = self.obj
+        if leadership is not None and sender == leadership.hostname:
+            leadership.begin_hand_over()
 
     def stop(self, parent: Any) -> None:
         """Warm shutdown: resign once no leader-only task runs; the pool drains after that."""
+        worker_shutting_down.disconnect(self._on_shutting_down)
         leadership: WorkerLeadership = self.obj
         try:
-            leadership.hand_over()
+            leadership.hand_over()  # begun by the shutdown signal already, as a rule
         except Exception:
             logger.exception("leaderfeed: handing over failed; resigning after the pool drained")
             _finish_pool(parent, warm=True)
@@ -332,6 +371,7 @@ class LeaderFeedStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def terminate(self, parent: Any) -> None:
         """Cold shutdown: end the pool's tasks, then resign."""
+        worker_shutting_down.disconnect(self._on_shutting_down)
         try:
             _finish_pool(parent, warm=False)
         finally:
