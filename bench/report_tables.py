@@ -510,9 +510,8 @@ def observations(part: dict[str, Any]) -> str:
             if late and w["kind"] == "sigterm" and system == "leaderfeed":
                 lines.append(
                     f"* {title}, SIGTERM: the stopping node sent {late} more run(s) after "
-                    "SIGTERM - a warm shutdown keeps its lease until Celery's shutdown reaches "
-                    "the leaderfeed step (and its leader-only tasks ended), so these are its "
-                    "own runs, not duplicates "
+                    "SIGTERM - sent under its lease before its hand-over (which begins at the "
+                    "signal) marked it follower, so these are its own runs, not duplicates "
                     f"(headers: {w['headers']['duplicates']} duplicate(s)); the gap stayed "
                     f"{sec(w.get('gap_s'))}."
                 )
