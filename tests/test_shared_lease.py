@@ -37,6 +37,15 @@ def hold_admission(election: str, owner: int, held: Any, release: Any, stamp: An
         stamp.value = time.monotonic()
 
 
+def start_holder(election: str) -> tuple[Any, Any, Any, Any]:
+    """A forked child holding this process's admission lock: (process, held, release, stamp)."""
+    held, release = fork.Event(), fork.Event()
+    stamp = fork.Value("d", 0.0)
+    child = fork.Process(target=hold_admission, args=(election, os.getpid(), held, release, stamp))
+    child.start()
+    return child, held, release, stamp
+
+
 @pytest.fixture
 def named_segment() -> Iterator[tuple[SharedLease, str]]:
     election = f"admission-{uuid.uuid4().hex[:8]}"
@@ -58,10 +67,7 @@ def test_a_handover_waits_for_a_body_admitted_in_another_process(
     named_segment: tuple[SharedLease, str],
 ) -> None:
     segment, election = named_segment
-    held, release = fork.Event(), fork.Event()
-    stamp = fork.Value("d", 0.0)
-    child = fork.Process(target=hold_admission, args=(election, os.getpid(), held, release, stamp))
-    child.start()
+    child, held, release, stamp = start_holder(election)
     try:
         assert held.wait(DEADLINE)
         segment.wait_admitted(on_wait=release.set)  # lets the child go only once we wait
@@ -78,10 +84,7 @@ def test_a_holder_killed_with_sigkill_releases_the_lock(
     named_segment: tuple[SharedLease, str],
 ) -> None:
     segment, election = named_segment
-    held, never = fork.Event(), fork.Event()
-    stamp = fork.Value("d", 0.0)
-    child = fork.Process(target=hold_admission, args=(election, os.getpid(), held, never, stamp))
-    child.start()
+    child, held, _never_released, stamp = start_holder(election)
     assert held.wait(DEADLINE)
     waited: list[bool] = []
     done = threading.Event()
