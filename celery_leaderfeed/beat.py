@@ -43,7 +43,6 @@ from typing import Any, Protocol
 
 from celery.beat import BeatLazyFunc, Scheduler
 
-from .backends import backend_from_url
 from .backends.base import Backend
 from .election import Role
 from .errors import BackendUnavailable, LeaderfeedError
@@ -228,20 +227,11 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
             self._leadership = self._choose_leadership(settings)
         if embedded or isinstance(self._leadership, WorkerElection):
             self._parent_pid = os.getppid()
-        self._store = backend_from_url(
-            settings.backend_url,
-            name=self._leadership.election,
-            timeout=settings.timing.timeout,
-            options=settings.backend_options,
-        )
+        self._store = settings.store(self._leadership.election)
         if isinstance(self._leadership, WorkerElection):
-            rival_store = backend_from_url(
-                settings.backend_url,
-                name=settings.beat_name,
-                timeout=settings.timing.timeout,
-                options=settings.backend_options,
+            self._rival = RivalBeatWatch(
+                settings.store(settings.beat_name), every=settings.timing.election_timeout_max
             )
-            self._rival = RivalBeatWatch(rival_store, every=settings.timing.election_timeout_max)
         with _termination_deferred():  # the feed's threads inherit the blocked mask
             self._leadership.start()
         logger.info(

@@ -455,26 +455,32 @@ def worker_settings(app: Any = None) -> LeaderfeedSettings | None:
 
 def current_lease(app: Any = None) -> SharedView | None:
     """This worker's lease, from whichever of its processes asks (see the module docstring)."""
-    app = _app_object(app)
+    source = _lease_source(_app_object(app))
+    return None if source is None else source[1]()
+
+
+def _lease_source(app: Any) -> tuple[SharedLease, Callable[[], SharedView | None]] | None:
+    """Where this process reads its worker's lease: (segment, read), or None if it has none.
+
+    The main process reads the live feed; a child reads its parent's segment.
+    """
     leadership = _running_here(app)
     if leadership is not None:
-        return leadership.view()
+        return leadership.shared, leadership.view
     election = os.environ.get(ELECTION_ENV)
     if not election:
         settings = worker_settings(app)
         if settings is None:
             return None
         election = settings.name
-    return _parent_view(election)
-
-
-def _parent_view(election: str) -> SharedView | None:
-    """Read the lease segment of this process's parent (a prefork child or the beat process)."""
     segment = _parent_segment(election)
-    return None if segment is None else _if_parents(segment.read())
+    if segment is None:
+        return None
+    return segment, functools.partial(_read_parents, segment)
 
 
 def _parent_segment(election: str) -> SharedLease | None:
+    """The lease segment of this process's parent (a prefork child or the beat process)."""
     pid, ppid = os.getpid(), os.getppid()
     key = (pid, ppid, election)
     with _lock:
@@ -491,7 +497,8 @@ def _parent_segment(election: str) -> SharedLease | None:
     return entry
 
 
-def _if_parents(view: SharedView) -> SharedView | None:
+def _read_parents(segment: SharedLease) -> SharedView | None:
+    view = segment.read()
     # A parent that died leaves its segment to a reused PID at worst: trust only our parent's.
     return view if view.owner_pid == os.getppid() else None
 
@@ -505,32 +512,17 @@ def leader_admission(app: Any = None) -> Iterator[SharedView | None]:
     says leader is one the worker waits for before it resigns. A view that says follower is
     yielded without the lock: followers never touch it.
     """
-    app = _app_object(app)
-    leadership = _running_here(app)
-    segment: SharedLease | None
-    read: Callable[[], SharedView | None]
-    if leadership is not None:
-        segment, read = leadership.shared, leadership.view
-    else:
-        election = os.environ.get(ELECTION_ENV)
-        if not election:
-            settings = worker_settings(app)
-            election = settings.name if settings is not None else None
-        segment = _parent_segment(election) if election else None
-        if segment is None:
-            yield None
-            return
-        read = functools.partial(_read_parents, segment)
+    source = _lease_source(_app_object(app))
+    if source is None:
+        yield None
+        return
+    segment, read = source
     view = read()
     if view is None or not view.is_leader():
         yield view
         return
     with segment.admission() as admitted:
         yield read() if admitted else None  # read again: a handover may have begun meanwhile
-
-
-def _read_parents(segment: SharedLease) -> SharedView | None:
-    return _if_parents(segment.read())
 
 
 def leadership_report(app: Any = None) -> dict[str, Any] | None:

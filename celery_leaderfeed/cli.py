@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 
-from .backends import backend_from_url
 from .errors import BackendUnavailable, ConfigurationError
 from .record import Observation
 from .settings import resolve_settings
@@ -42,12 +41,7 @@ def status(ctx: click.Context, name: str | None, backend: str | None, as_json: b
     app = ctx.obj.app
     try:
         settings = resolve_settings(app, {"leaderfeed_name": name, "leaderfeed_backend": backend})
-        store = backend_from_url(
-            settings.backend_url,
-            name=settings.name,
-            timeout=settings.timing.timeout,
-            options=settings.backend_options,
-        )
+        store = settings.store()
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from exc
     try:

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from .backends import backend_class
+from .backends import Backend, backend_class, backend_from_url
 from .errors import ConfigurationError
 from .timing import Timing
 from .urls import url_scheme
@@ -88,6 +88,15 @@ class LeaderfeedSettings:
     misfire_policy: MisfirePolicy = "run_once"
     catch_up_limit: int = 10
     beat_name: str = "celery.beat"
+
+    def store(self, election: str | None = None) -> Backend:
+        """A backend, not yet connected, for ``election`` (default: :attr:`name`)."""
+        return backend_from_url(
+            self.backend_url,
+            name=self.name if election is None else election,
+            timeout=self.timing.timeout,
+            options=self.backend_options,
+        )
 
     def feed_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~celery_leaderfeed.LeaderFeed` (backend URL aside)."""
