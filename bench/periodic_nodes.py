@@ -27,7 +27,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import redis
@@ -35,6 +34,8 @@ import redis
 from bench.inference import Sent
 from bench.periodic_app import SINGLE_BEAT_ENV
 from bench.processes import Proc, python_command, wait_for
+from celery_leaderfeed.backends import backend_from_url
+from celery_leaderfeed.errors import BackendUnavailable
 
 #: How each system's node says it is up.
 READY_MARKER = {"leaderfeed": " ready.", "redbeat": "beat: Starting...", "single-beat": None}
@@ -172,16 +173,20 @@ class PeriodicCluster:
         return min(later, key=lambda s: s.at) if later else None
 
     def _sample_leadership(self) -> None:
-        key = f"leaderfeed:{{{self.name}}}:leader"
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=1)
+        # Read through the backend itself, so the bench never restates the record's layout.
+        store = backend_from_url(self.redis_url, name=self.name, timeout=1.0)
+        connected = False
         while not self._sampling.wait(0.02):
-            with contextlib.suppress(redis.RedisError, ValueError):
-                raw = client.get(key)
-                record: dict[str, Any] = json.loads(raw) if raw else {}
-                holder = record.get("holder")
-                node = holder.partition("@")[0] if isinstance(holder, str) else None
-                self.leadership.append((time.monotonic(), node, record.get("term")))
-        client.close()
+            with contextlib.suppress(BackendUnavailable):
+                if not connected:
+                    store.connect()
+                    connected = True
+                record = store.read().record
+                holder = record.holder if record is not None else None
+                term = record.term if record is not None else None
+                node = holder.partition("@")[0] if holder is not None else None
+                self.leadership.append((time.monotonic(), node, term))
+        store.close()
 
     # -- faults --------------------------------------------------------------------------------
 
