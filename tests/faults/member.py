@@ -69,9 +69,9 @@ def main() -> None:
             # One write(2) per act on an O_APPEND file: lines from processes never interleave.
             os.write(acts, f"{now:.6f} {args.id} {lease.term}\n".encode())
         time.sleep(SAMPLE_SECONDS)
-    stopping = time.monotonic()
+    stop_called_at = time.monotonic()
     feed.stop()
-    print(f"{stopping:.6f} stopping", flush=True)
+    print(f"{stop_called_at:.6f} stopping", flush=True)
     sys.exit(0)
 
 
