@@ -1,10 +1,7 @@
-"""How busy the machine was with work the bench did not start, while a part ran.
+"""CPU used, while a part runs, by processes the bench neither is nor started.
 
-The machine may be shared (other test runs, services), and on 2 cores that moves tails. A
-thread samples every process every 2 s with psutil and adds up the CPU time of the processes
-that are neither the bench nor one of its descendants nor a process the bench started
-(``bench/processes.py`` remembers those, orphans included). The result, in % of one core,
-is printed beside the figures of the part, with the load average at its start and end.
+The machine may be shared, and on 2 cores that moves the tails; the page prints this beside
+every figure. A thread samples every process's CPU time every 2 s.
 """
 
 from __future__ import annotations
@@ -13,12 +10,11 @@ import contextlib
 import os
 import threading
 import time
-from types import TracebackType
 from typing import Any
 
 import psutil
 
-from bench import processes
+from bench.processes import known_pids
 
 INTERVAL = 2.0
 
@@ -31,29 +27,20 @@ class BackgroundLoad:
         self._thread = threading.Thread(target=self._run, name="background-load", daemon=True)
         self._seen: dict[tuple[int, float], float] = {}
         self._foreign = 0.0
-        self._began = 0.0
-        self._ended = 0.0
-        self._load_before = os.getloadavg()
-        self._load_after = self._load_before
+        self._began = self._ended = time.monotonic()
+        self._load = [os.getloadavg()] * 2
 
     def __enter__(self) -> BackgroundLoad:
-        self._began = time.monotonic()
-        self._load_before = os.getloadavg()
+        self._began, self._load[0] = time.monotonic(), os.getloadavg()
         self._sample(count=False)
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
         self._sample(count=True)
-        self._ended = time.monotonic()
-        self._load_after = os.getloadavg()
+        self._ended, self._load[1] = time.monotonic(), os.getloadavg()
 
     def _run(self) -> None:
         while not self._stop.wait(INTERVAL):
@@ -61,7 +48,7 @@ class BackgroundLoad:
 
     def _ours(self) -> set[int]:
         me = psutil.Process()
-        pids = {me.pid} | set(processes.known_pids())
+        pids = {me.pid} | known_pids()
         with contextlib.suppress(psutil.Error):
             pids |= {child.pid for child in me.children(recursive=True)}
         return pids
@@ -70,19 +57,15 @@ class BackgroundLoad:
         ours = self._ours()
         for process in psutil.process_iter(["pid", "create_time", "cpu_times"]):
             info: dict[str, Any] = process.info
-            times = info.get("cpu_times")
-            if times is None:
+            if info.get("cpu_times") is None:
                 continue
-            key = (info["pid"], info["create_time"] or 0.0)
-            used = times.user + times.system
-            before = self._seen.get(key)
-            self._seen[key] = used
+            started = info["create_time"] or 0.0
+            used = info["cpu_times"].user + info["cpu_times"].system
+            before = self._seen.get((info["pid"], started))
+            self._seen[(info["pid"], started)] = used
             if not count or info["pid"] in ours:
                 continue
-            # A process first seen now ran partly before the part: count from its first sample
-            # only if it started during the part.
-            if before is None:
-                started = info["create_time"] or 0.0
+            if before is None:  # first seen now: count it all only if it started meanwhile
                 before = 0.0 if started >= time.time() - INTERVAL else used
             self._foreign += max(0.0, used - before)
 
@@ -90,6 +73,6 @@ class BackgroundLoad:
         elapsed = max(1e-9, self._ended - self._began)
         return {
             "other_processes_cpu_pct": round(100 * self._foreign / elapsed, 1),
-            "load_average_before": [round(x, 2) for x in self._load_before],
-            "load_average_after": [round(x, 2) for x in self._load_after],
+            "load_average_before": [round(x, 2) for x in self._load[0]],
+            "load_average_after": [round(x, 2) for x in self._load[1]],
         }

@@ -1,16 +1,13 @@
-"""Election members as separate OS processes, and what they recorded.
+"""Election members as OS processes (``harness/fault_member.py``), their acts, and the trials.
 
-Each member is the fault suite's own member process (``tests/faults/member.py``, reused as
-is): it runs a :class:`~celery_leaderfeed.LeaderFeed` and, every 3 ms while its lease is
-valid, appends ``<CLOCK_MONOTONIC> <member> <term>`` to a shared *acts* file. All processes
-run on this machine, so their monotonic clocks are one clock. SIGTERM makes a member call
-``feed.stop()`` (a leader resigns); its log then holds ``<monotonic> stopping``: the instant
-``stop()`` was called. Acts are read incrementally, and judged by the suite's independent
-checker (``tests/faults/checker.py``: no term acted on by two members, no overlap).
+A member appends ``<CLOCK_MONOTONIC> <member> <term>`` to a shared acts file every 3 ms while
+its lease is valid; on SIGTERM it logs ``<monotonic> stopping`` and calls ``feed.stop()``.
+After all trials the acts are judged by ``harness/fault_checker.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import time
@@ -19,19 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.processes import Proc, python_command, wait_for
+from bench.processes import Proc, python, wait_for
 from bench.servers import Store
 from bench.stats import summary
-from tests.faults.checker import Act, violations
+from harness.fault_checker import Act, violations
 
-#: How long a member may take to exit after SIGTERM (it normally takes a few milliseconds).
+#: How long a member may take to exit after SIGTERM (it normally takes milliseconds).
 STOP_TIMEOUT = 5.0
-#: Trials that may be aborted (a member hung or died unasked) before a run gives up.
+#: Aborted trials (a member hung or died unasked) after which a run gives up.
 MAX_ABORTED = 10
 
 
 class MemberTrouble(RuntimeError):
-    """A member did what no trial can use: it hung on SIGTERM, or died without being asked."""
+    """A member hung on SIGTERM or died unasked: the trial cannot be used."""
 
 
 class ActsLog:
@@ -51,19 +48,16 @@ class ActsLog:
         except FileNotFoundError:
             return self.acts
         self._offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
+        *lines, self._partial = (self._partial + data).split(b"\n")
         for line in lines:
             at, member, term = line.decode().split()
             self.acts.append(Act(float(at), member, int(term)))
         return self.acts
 
-    def first_after(self, moment: float, *, other_than: str | None = None) -> Act | None:
-        """The earliest act after ``moment`` (by a member other than ``other_than``)."""
-        self.refresh()
+    def first_after(self, moment: float, other_than: str) -> Act | None:
+        """The earliest act after ``moment`` by a member other than ``other_than``."""
         best: Act | None = None
-        for act in reversed(self.acts):  # appended in nearly time order: look back 1 s
+        for act in reversed(self.refresh()):  # appended in nearly time order: look back 1 s
             if act.at <= moment - 1.0:
                 break
             if act.at > moment and act.member != other_than and (best is None or act.at < best.at):
@@ -72,146 +66,102 @@ class ActsLog:
 
     def acting_now(self, within: float = 0.05) -> Act | None:
         """The latest act, if it is recent: the member leading right now."""
-        self.refresh()
-        if self.acts and self.acts[-1].at > time.monotonic() - within:
-            return self.acts[-1]
-        return None
+        acts = self.refresh()
+        return acts[-1] if acts and acts[-1].at > time.monotonic() - within else None
 
 
 class MemberCluster:
-    """``size`` member processes of one election; members are replaced as they are stopped."""
+    """``size`` member processes of one election; stopped members are replaced by new ones."""
 
     def __init__(
-        self,
-        store: Store,
-        directory: Path,
-        *,
-        heartbeat: float,
-        low: float,
-        high: float,
-        size: int = 3,
+        self, store: Store, directory: Path, timing: tuple[float, float, float], size: int = 3
     ) -> None:
-        self.store = store
-        self.directory = directory
-        self.heartbeat, self.low, self.high = heartbeat, low, high
-        self.size = size
+        self.store, self.directory, self.size = store, directory, size
+        self.heartbeat, self.low, self.high = timing
         self.name = f"bench-{uuid.uuid4().hex[:8]}"
         self.acts = ActsLog(directory / f"{self.name}.acts")
         self.members: dict[str, Proc] = {}
-        #: Members removed since the last ``warnings()`` call, whose logs are still to be read.
-        self._gone: dict[str, Proc] = {}
+        self._gone: dict[str, Proc] = {}  # removed members whose logs are still to be read
         self._read_up_to: dict[str, int] = {}
         self._count = 0
 
-    def start_member(self) -> str:
-        member = f"m{self._count}"
-        self._count += 1
-        command = python_command(
-            "-m", "tests.faults.member",
-            "--url", self.store.url, "--options", json.dumps(dict(self.store.options)),
-            "--name", self.name, "--id", member, "--acts", str(self.acts.path),
-            "--heartbeat", str(self.heartbeat), "--min", str(self.low), "--max", str(self.high),
-        )  # fmt: skip
-        log = self.directory / f"{self.name}-{member}.log"
-        self.members[member] = Proc(command, log, {"PYTHONFAULTHANDLER": "1"}, label=member)
-        return member
-
-    def start(self) -> None:
-        for _ in range(self.size):
-            self.start_member()
-
-    def leader(self, timeout: float) -> str:
-        """The member acting now (waits for one that acted within the last 50 ms)."""
-        act = wait_for(self.acts.acting_now, timeout, "a member acting as leader", 0.01)
-        return act.member
-
-    def wait_started(self, member: str, timeout: float = 30.0) -> None:
-        proc = self.members[member]
+    def start_member(self, timeout: float = 30.0) -> str:
+        """Start a member and wait until its feed started."""
+        member, self._count = f"m{self._count}", self._count + 1
+        proc = self.members[member] = Proc(python(
+            "-m", "harness.fault_member", "--url", self.store.url,
+            "--options", json.dumps(self.store.options), "--name", self.name, "--id", member,
+            "--acts", str(self.acts.path), "--heartbeat", str(self.heartbeat),
+            "--min", str(self.low), "--max", str(self.high),
+        ), self.directory / f"{self.name}-{member}.log", {"PYTHONFAULTHANDLER": "1"})  # fmt: skip
 
         def started() -> bool:
-            if " started" in proc.log():
-                return True
             if not proc.alive():
-                raise MemberTrouble(
-                    f"member {member} exited with status {proc.popen.returncode} before "
-                    f"starting: {proc.log()[-300:]!r}"
-                )
-            return False
+                self.members.pop(member).stop()
+                raise MemberTrouble(f"member {member} exited: {proc.log()[-300:]!r}")
+            return " started" in proc.log()
 
         wait_for(started, timeout, f"member {member} to start", 0.01)
+        return member
 
-    def stop_gracefully(self, member: str, timeout: float = STOP_TIMEOUT) -> float:
-        """SIGTERM: the member calls ``feed.stop()``; returns when it did (its own clock)."""
-        proc = self.members.pop(member)
-        self._gone[member] = proc
+    def leader(self, timeout: float) -> str:
+        """The member acting now (one that acted within the last 50 ms)."""
+        return wait_for(self.acts.acting_now, timeout, "a member acting as leader", 0.01).member
+
+    def stop_gracefully(self, member: str) -> float:
+        """SIGTERM: the member calls ``feed.stop()``; returns when it did, on its own clock."""
+        proc = self._remove(member)
         proc.signal(signal.SIGTERM)
-        if proc.wait(timeout) is None:
-            # Members run with faulthandler on: SIGABRT makes them print every thread's stack.
-            proc.signal(signal.SIGABRT)
+        if proc.wait(STOP_TIMEOUT) is None:
+            proc.signal(signal.SIGABRT)  # faulthandler prints every thread's stack
             proc.wait(2)
             proc.stop()
             raise MemberTrouble(
-                f"member {member} did not exit within {timeout:g} s of SIGTERM; SIGABRT made it "
-                f"print its threads' stacks, then it was killed. Its log: {proc.log()[-2500:]}"
+                f"member {member} did not exit within {STOP_TIMEOUT:g} s of SIGTERM; its log "
+                f"ends: {proc.log()[-2500:]}"
             )
         for line in proc.log().splitlines():
             at, _, word = line.partition(" ")
             if word == "stopping":
                 return float(at)
-        raise MemberTrouble(
-            f"member {member} exited with status {proc.popen.returncode} without stopping "
-            f"its feed: {proc.log()[-300:]!r}"
-        )
+        raise MemberTrouble(f"member {member} exited without stopping: {proc.log()[-300:]!r}")
 
     def kill(self, member: str) -> float:
         """kill -9; returns the monotonic time the signal was sent."""
-        proc = self.members.pop(member)
-        self._gone[member] = proc
+        proc = self._remove(member)
         killed_at = proc.signal(signal.SIGKILL)
         proc.wait(10)
         return killed_at
+
+    def _remove(self, member: str) -> Proc:
+        self._gone[member] = proc = self.members.pop(member)
+        return proc
 
     def replenish(self) -> None:
         """Drop members that died, and start new ones until there are ``size`` again."""
         for member, proc in list(self.members.items()):
             if not proc.alive():
-                del self.members[member]
-                proc.stop()
+                self.members.pop(member).stop()
         for _ in range(3 * self.size):
             if len(self.members) >= self.size:
                 return
-            member = self.start_member()
             try:
-                self.wait_started(member)
+                self.start_member()
             except MemberTrouble:
-                self.members.pop(member).stop()
+                continue
         raise MemberTrouble("could not bring the cluster back to its size")
 
-    def wait_successor(self, moment: float, old: str, timeout: float) -> Act:
-        return wait_for(
-            lambda: self.acts.first_after(moment, other_than=old),
-            timeout,
-            "a new leader acting",
-            0.002,
-        )
-
     def warnings(self) -> list[str]:
-        """What the members logged since the last call, apart from their own timing lines
-        (``<monotonic> started`` ...): the engine's warnings, e.g. a feed that went quiet."""
+        """What the members logged since the last call, apart from their timing lines."""
         found = []
         for member, proc in [*self.members.items(), *self._gone.items()]:
             text = proc.log()
-            start = self._read_up_to.get(member, 0)
-            self._read_up_to[member] = len(text)
+            start, self._read_up_to[member] = self._read_up_to.get(member, 0), len(text)
             for line in text[start:].splitlines():
-                first = line.split(" ", 1)[0]
-                if line.strip() and not first.replace(".", "", 1).isdigit():
+                if line.strip() and not line.split(" ", 1)[0].replace(".", "", 1).isdigit():
                     found.append(f"{member}: {line.strip()[:300]}")
         self._gone.clear()
         return found
-
-    def violations(self) -> list[str]:
-        return violations(self.acts.refresh())
 
     def close(self) -> None:
         for proc in self.members.values():
@@ -220,19 +170,22 @@ class MemberCluster:
 
 
 def run_trials(
-    cluster: MemberCluster, trials: int, trial: Callable[[MemberCluster], float], settle: float
+    cluster: MemberCluster,
+    trials: int,
+    fault: Callable[[MemberCluster], tuple[str, float]],
+    settle: float,
 ) -> dict[str, Any]:
-    """Start ``cluster``, take ``trials`` samples of ``trial`` and judge every act afterwards.
+    """``trials`` samples of: ``fault`` removes the acting member (it returns that member and
+    the fault's instant), then the first act of another member; a fresh member replaces it.
 
-    A trial that a member spoils is aborted, the member replaced and the trial taken again;
-    ``settle`` is the pause that lets a new member join before the next sample.
+    A trial a member spoils is aborted, recorded and taken again; every act is judged at the end.
     """
     samples: list[float] = []
     aborted: list[str] = []
-    #: Trials during which members logged warnings (numbered from 1, as in ``samples``).
-    notes: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []  # trials (numbered from 1) during which members logged
     try:
-        cluster.start()
+        for _ in range(cluster.size):
+            cluster.start_member()
         cluster.leader(timeout=30)  # a fresh store: claimed at once, acted on a timeout later
         time.sleep(settle)
         while len(samples) < trials:
@@ -240,16 +193,20 @@ def run_trials(
                 raise RuntimeError(f"too many aborted trials: {aborted}")
             cluster.warnings()  # what was logged before this trial is not its story
             try:
-                samples.append(trial(cluster))
-                logged = cluster.warnings()
-                if logged:
+                old, at = fault(cluster)
+                acted = functools.partial(cluster.acts.first_after, at, old)
+                successor = wait_for(acted, cluster.high + 10, "a new leader acting", 0.002)
+                cluster.start_member()
+                time.sleep(settle)
+                samples.append(successor.at - at)
+                if logged := cluster.warnings():
                     notes.append({"trial": len(samples), "logged": logged})
             except (MemberTrouble, TimeoutError) as exc:
                 aborted.append(f"{type(exc).__name__}: {exc}")
                 print(f"    trial aborted: {exc}", flush=True)
                 cluster.replenish()
                 time.sleep(settle)
-        found = cluster.violations()
+        found = violations(cluster.acts.refresh())
     finally:
         cluster.close()
     return {

@@ -1,12 +1,9 @@
-"""A process hosting ``--count`` election members as threads: ``python -m bench.cost_members``.
+"""``python -m bench.cost_members``: one process hosting ``--count`` members as threads.
 
-Used by ``bench/cost.py``. The members (each a :class:`~celery_leaderfeed.LeaderFeed` with its
-own connections and threads) are built first; the process prints ``ready`` and waits for
-SIGUSR1, so that every process of a cold start begins at one instant. Then it starts them all,
-and prints a line the moment a member's claim is acknowledged (``<monotonic> holds <id>``)
-and the moment its lease first becomes valid (``<monotonic> acts <id>``), taken on the
-engine thread. SIGUSR2 writes every member's ``stats`` to ``<--out>-<n>.json`` (n = 1, 2, ...)
-for the rates of a measuring window; SIGTERM stops every member and writes ``<--out>-final.json``.
+Prints ``ready`` once every member is built and starts them all on SIGUSR1 (one instant for
+every process of a cold start); then prints ``<monotonic> holds|acts <member> <term>`` when a
+member's claim is acknowledged and when its lease first becomes valid, taken on the engine
+thread. SIGUSR2 writes every member's stats to ``<--out>-<n>.json``; SIGTERM stops them.
 """
 
 from __future__ import annotations
@@ -24,6 +21,11 @@ from pathlib import Path
 from celery_leaderfeed import LeaderFeed, Role
 
 
+def say(line: str) -> None:
+    """One whole line in one write(2): engine threads print at the same time."""
+    os.write(sys.stdout.fileno(), (line + "\n").encode())
+
+
 class _Watch:
     """Observer printing each member's first acknowledged claim and first valid lease."""
 
@@ -32,39 +34,25 @@ class _Watch:
         self._lock = threading.Lock()
 
     def __call__(self, feed: LeaderFeed) -> None:
-        now = time.monotonic()
-        lease = feed.lease
+        now, lease = time.monotonic(), feed.lease
         if lease.role is not Role.LEADER or lease.term is None:
             return
-        self._emit(feed.id, lease.term, "holds", now)
-        if lease.valid(now):
-            self._emit(feed.id, lease.term, "acts", now)
-
-    def _emit(self, member: str, term: int, what: str, now: float) -> None:
-        with self._lock:
-            if (member, term, what) in self._seen:
-                return
-            self._seen.add((member, term, what))
-        say(f"{now:.6f} {what} {member} {term}")
-
-
-def say(line: str) -> None:
-    """One whole line to stdout in one write(2): engine threads and the main thread print at
-    the same time, and ``print`` writes the text and the newline separately."""
-    os.write(sys.stdout.fileno(), (line + "\n").encode())
+        for what in ("holds", "acts") if lease.valid(now) else ("holds",):
+            with self._lock:
+                if (feed.id, lease.term, what) in self._seen:
+                    continue
+                self._seen.add((feed.id, lease.term, what))
+            say(f"{now:.6f} {what} {feed.id} {lease.term}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--options", default="{}")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--prefix", required=True)
+    for name in ("--url", "--name", "--prefix", "--out"):
+        parser.add_argument(name, required=True)
+    for name in ("--heartbeat", "--min", "--max"):
+        parser.add_argument(name, type=float, required=True)
     parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--heartbeat", type=float, required=True)
-    parser.add_argument("--min", type=float, required=True)
-    parser.add_argument("--max", type=float, required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--options", default="{}")
     args = parser.parse_args()
 
     watch = _Watch()
@@ -82,16 +70,14 @@ def main() -> None:
         feed.add_observer(watch)
         feeds.append(feed)
 
-    go = threading.Event()
-    stop = threading.Event()
-    snapshot = threading.Event()
+    go, stop, snapshot = threading.Event(), threading.Event(), threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: go.set())
     signal.signal(signal.SIGUSR2, lambda *_: snapshot.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     say(f"{time.monotonic():.6f} ready")
     while not go.wait(0.5):
         if stop.is_set():
-            sys.exit(0)
+            return
     began = time.monotonic()
     for feed in feeds:
         feed.start(retry=True)
@@ -101,17 +87,12 @@ def main() -> None:
         if snapshot.is_set():
             snapshot.clear()
             snapshots += 1
-            _write_stats(feeds, f"{args.out}-{snapshots}.json")
+            stats = {feed.id: dataclasses.asdict(feed.stats) for feed in feeds}
+            written = Path(f"{args.out}-{snapshots}.tmp")
+            written.write_text(json.dumps({"stats": stats}))
+            written.replace(written.with_suffix(".json"))  # whole, once the bench sees it
     for feed in feeds:
         feed.stop()
-    _write_stats(feeds, f"{args.out}-final.json")
-    say(f"{time.monotonic():.6f} stopped")
-
-
-def _write_stats(feeds: list[LeaderFeed], path: str) -> None:
-    stats = {feed.id: dataclasses.asdict(feed.stats) for feed in feeds}
-    Path(path).write_text(json.dumps({"at": time.monotonic(), "stats": stats}))
-    say(f"{time.monotonic():.6f} wrote {path}")
 
 
 if __name__ == "__main__":

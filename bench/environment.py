@@ -1,9 +1,4 @@
-"""What a figure was measured on: machine, kernel, versions of everything involved, and when.
-
-Read from ``lscpu`` / ``/proc/cpuinfo``, ``/proc/meminfo``, ``uname``, installed package
-metadata and ``redis-server --version``; nothing is guessed. The git commit of the package
-under test is included, with ``+dirty`` when the working tree has uncommitted changes.
-"""
+"""What a figure was measured on: machine, versions, commit and date, read, never guessed."""
 
 from __future__ import annotations
 
@@ -18,9 +13,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.processes import REPO
 
-#: Distribution name -> how the docs call it.
+#: Distribution name -> how the page names it.
 PACKAGES = {
     "celery-leaderfeed": "celery-leaderfeed",
     "celery": "celery",
@@ -43,44 +38,28 @@ def now_utc() -> str:
 
 def _run(*command: str) -> str:
     try:
-        return subprocess.run(
-            command, capture_output=True, text=True, timeout=10, check=False
-        ).stdout.strip()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
+    return done.stdout.strip()
 
 
-def cpu_model() -> str:
-    for line in _run("lscpu").splitlines():
-        if line.startswith("Model name:"):
-            return line.partition(":")[2].strip()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def hypervisor() -> str | None:
-    for line in _run("lscpu").splitlines():
-        if line.startswith("Hypervisor vendor:"):
-            return line.partition(":")[2].strip()
+def _field(text: str, name: str, separator: str = ":") -> str | None:
+    """The value of the first ``name<separator>value`` line of ``text``."""
+    for line in text.splitlines():
+        if line.startswith(name):
+            return line.partition(separator)[2].strip().strip('"')
     return None
 
 
-def memory_gib() -> float:
+def _read(path: str) -> str:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 1)
+        return Path(path).read_text()
     except OSError:
-        pass
-    return 0.0
+        return ""
 
 
-def redis_server_version() -> str:
+def _redis_server() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         return "not installed"
@@ -88,17 +67,16 @@ def redis_server_version() -> str:
     return found.group(1) if found else "unknown"
 
 
-def git_commit() -> str:
-    commit = _run("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
-    if not commit:
-        return "unknown"
+def _commit() -> str:
+    """The short commit of the code under test, ``+dirty`` with uncommitted changes."""
+    commit = _run("git", "-C", str(REPO), "rev-parse", "--short", "HEAD") or "unknown"
     dirty = _run("git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no")
     untracked = _run("git", "-C", str(REPO), "status", "--porcelain", "celery_leaderfeed")
     return commit + ("+dirty" if dirty or untracked else "")
 
 
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version(), "redis-server": redis_server_version()}
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "redis-server": _redis_server()}
     for distribution, label in PACKAGES.items():
         try:
             found[label] = version(distribution)
@@ -108,28 +86,23 @@ def versions() -> dict[str, str]:
 
 
 def describe() -> dict[str, Any]:
-    """Machine, versions and date of this run."""
+    """Machine, versions, commit and date of this run."""
+    lscpu = _run("lscpu")
+    memory = _field(_read("/proc/meminfo"), "MemTotal:")
     return {
         "date": now_utc(),
         "machine": {
-            "cpu": cpu_model(),
-            "hypervisor": hypervisor(),
+            "cpu": _field(lscpu, "Model name:")
+            or _field(_read("/proc/cpuinfo"), "model name")
+            or platform.processor()
+            or "unknown",
+            "hypervisor": _field(lscpu, "Hypervisor vendor:"),
             "cores": os.cpu_count(),
-            "memory_gib": memory_gib(),
+            "memory_gib": round(int(memory.split()[0]) / 1024**2, 1) if memory else 0.0,
             "kernel": platform.release(),
-            "os": _os_name(),
+            "os": _field(_read("/etc/os-release"), "PRETTY_NAME=", "=") or platform.system(),
         },
-        "versions": versions(),
-        "commit": git_commit(),
+        "versions": _versions(),
+        "commit": _commit(),
         "python_executable": sys.executable,
     }
-
-
-def _os_name() -> str:
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.partition("=")[2].strip('"')
-    except OSError:
-        pass
-    return platform.system()

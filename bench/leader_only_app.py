@@ -1,10 +1,7 @@
-"""The Celery app of the ``@leader_only`` overhead benchmark: ``celery -A bench.leader_only_app``.
+"""The Celery app of the ``@leader_only`` part: ``celery -A bench.leader_only_app worker``.
 
-Two tasks with the same empty body, one plain and one ``@leader_only``; a ``hold`` task that
-keeps the (single) pool process busy while the bench fills the queue, so the measured tasks run
-back to back; and ``measure_check``, which times the leadership check in the pool process
-itself and pushes the figures to a Redis list. ``BENCH_REDIS_URL`` and ``BENCH_NAME`` come from
-the environment; all leaderfeed settings are the defaults.
+The same empty task plain and ``@leader_only``; ``hold`` keeps the one pool process busy while
+the bench fills the queue; ``measure_check`` times the check inside the pool process.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""The Celery app of the periodic-runs benchmark: ``celery -A bench.periodic_app ...``.
+"""The Celery app of the periodic-runs part, for every system compared:
+``celery -A bench.periodic_app ...``, configured from the environment the bench sets
+(``BENCH_SYSTEM``, ``BENCH_PROFILE``, ``BENCH_NAME``, ``BENCH_NODE``, ``BENCH_REDIS_URL``).
 
-One app for every system compared, configured from the environment by the bench:
-
-* ``BENCH_SYSTEM``: ``leaderfeed`` (``install(app)`` and the ``LeaderScheduler``; nodes run
-  ``celery worker -B``), ``redbeat`` (``redbeat.RedBeatScheduler``; nodes run ``celery beat``)
-  or ``single-beat`` (Celery's default scheduler; nodes run ``single-beat celery beat``);
-* ``BENCH_PROFILE``: ``default`` or ``fast`` - the settings in :data:`PROFILES`, nothing else;
-* ``BENCH_NAME`` (keys, election and queues of one cluster), ``BENCH_REDIS_URL``,
-  ``BENCH_NODE`` (the node's name, inherited by its beat child process).
-
-The periodic task runs every ``BENCH_PERIOD`` seconds (1 s) and is routed to the queue
-``<BENCH_NAME>.runs``, which nothing consumes: the broker's list *is* the record of every
-send. Each message is stamped at publish time (``before_task_publish``) with the sending node,
-PID and CLOCK_MONOTONIC - instrumentation of this app, the same for every system.
+The periodic task goes to ``<BENCH_NAME>.runs``, which nothing consumes, so the broker's list
+records every send; ``before_task_publish`` stamps each with the node, PID and clocks.
 """
 
 from __future__ import annotations
@@ -25,8 +16,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import before_task_publish
 
-#: Settings of each system per profile, exactly as applied (and as the page lists them).
-#: single-beat is configured by environment variables of the wrapper (see SINGLE_BEAT_ENV).
+#: Settings per system and profile, exactly as applied (single-beat's: its wrapper's env).
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "leaderfeed": {
         "default": {},

@@ -1,29 +1,19 @@
-"""The stores, each a real server process on a free loopback port, started by the bench.
-
-The server helpers of the test suite are reused (never copied): ``RedisServer`` (a real
-``redis-server``), ``SecantusServer`` (SecantusDB, a GPL MongoDB wire-protocol server that is
-only ever *run* as its own process; a one-node replica set, so both change streams and capped
-collections work) and the ``rethinkdb_wire`` server (a test server speaking RethinkDB's real
-wire protocol - not RethinkDB itself). The machine's default-port services are never used.
-"""
+"""The stores: each a real server process on a free loopback port, from ``harness.servers``."""
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import psutil
+from harness.servers.redis_process import RedisServer
+from harness.servers.rethinkdb_wire.process import start_rethinkdb_wire_server
+from harness.servers.secantus_process import SecantusServer
 
-from tests.servers.redis_process import RedisServer
-from tests.servers.rethinkdb_wire.process import RethinkDBWireServer, start_rethinkdb_wire_server
-from tests.servers.secantus_process import SecantusServer
-
-#: Every backend, in the order the pages list them.
-BACKENDS = ("redis", "mongodb-changestream", "mongodb-capped", "rethinkdb", "memory")
-#: What each store really is on this machine.
+#: Every backend, in the order the page lists them, and what its store is on this machine.
 SERVER_OF = {
     "redis": "redis-server",
     "mongodb-changestream": "SecantusDB (MongoDB wire protocol, one-node replica set)",
@@ -31,29 +21,28 @@ SERVER_OF = {
     "rethinkdb": "rethinkdb_wire test server (RethinkDB wire protocol V1_0)",
     "memory": "in-process (threads of one process)",
 }
+BACKENDS = tuple(SERVER_OF)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Store:
-    """Where members of one backend connect: URL, backend options, the server's PID."""
+    """Where the members of one backend connect, and the server's PID (for its CPU)."""
 
     backend: str
     url: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     pid: int | None = None
 
     def fresh(self) -> Store:
-        """The same server with new collection/table names (a store with no record yet)."""
-        suffix = uuid.uuid4().hex[:8]
-        options = dict(self.options)
-        if self.backend.startswith("mongodb"):
-            options["collection"] = f"bench_{suffix}"
-        elif self.backend == "rethinkdb":
-            options["table"] = f"bench_{suffix}"
-        return Store(self.backend, self.url, options, self.pid)
+        """The same server under new collection / table names: a store with no record yet."""
+        key = {"rethinkdb": "table"}.get(self.backend, "collection")
+        if self.backend in ("redis", "memory"):
+            return self
+        return replace(self, options={**self.options, key: f"bench_{uuid.uuid4().hex[:8]}"})
 
-    def server_process(self) -> psutil.Process | None:
-        return None if self.pid is None else psutil.Process(self.pid)
+
+def _pid(process: subprocess.Popen[Any] | None) -> int | None:
+    return None if process is None else process.pid
 
 
 @contextlib.contextmanager
@@ -67,34 +56,24 @@ def redis_server() -> Iterator[RedisServer]:
 
 @contextlib.contextmanager
 def store(backend: str) -> Iterator[Store]:
-    """Start the server of ``backend`` (none for memory) and stop it afterwards."""
+    """Start the server of ``backend`` (none for memory), and stop it afterwards."""
     if backend == "memory":
         yield Store("memory", f"memory://bench-{uuid.uuid4().hex[:8]}")
     elif backend == "redis":
-        with redis_server() as server:
-            assert server.process is not None
-            yield Store("redis", server.url, {}, server.process.pid)
+        with redis_server() as redis:
+            yield Store("redis", redis.url, pid=_pid(redis.process))
     elif backend.startswith("mongodb"):
         mongo = SecantusServer().start()
         try:
-            assert mongo.process is not None
-            notify = backend.partition("-")[2]
-            yield Store(
-                backend,
-                mongo.url("bench"),
-                {"notify": notify, "database": "bench"},
-                mongo.process.pid,
-            ).fresh()
+            options = {"notify": backend.partition("-")[2], "database": "bench"}
+            yield Store(backend, mongo.url("bench"), options, _pid(mongo.process)).fresh()
         finally:
             mongo.close()
     elif backend == "rethinkdb":
-        rethink: RethinkDBWireServer = start_rethinkdb_wire_server()
+        rethink = start_rethinkdb_wire_server()
         try:
-            # The helper exposes no PID otherwise; it is only read, for CPU figures.
-            process = rethink._process
-            yield Store(
-                "rethinkdb", rethink.url, {}, None if process is None else process.pid
-            ).fresh()
+            # The launcher keeps its process private; its PID is only read, for the CPU.
+            yield Store("rethinkdb", rethink.url, pid=_pid(rethink._process)).fresh()
         finally:
             rethink.stop()
     else:

@@ -1,12 +1,6 @@
-"""The failover picture: who held leadership, and who sent each periodic run, around a kill -9.
-
-Drawn with matplotlib from the celery-leaderfeed session of the periodic-runs part (the
-``default`` profile when measured): one row per node; a bar while the leader record names the
-node (sampled from Redis every 20 ms); a dot for each periodic send, on the row of the node
-that sent it, a diamond labelled "+k" for a send that also stands for k runs missed during the
-failover (``leaderfeed_coalesced``); dotted lines at the nominal due times of the runs shown;
-a red line at the kill -9, and the gap it left in the schedule shaded.
-"""
+"""The failover picture, drawn with matplotlib from the timeline the periodic part recorded for
+celery-leaderfeed (the default profile when measured): a row per node, bars while the leader
+record names it, a dot per send (a diamond for a catch-up send), due times, the kill -9."""
 
 from __future__ import annotations
 
@@ -34,7 +28,7 @@ def pick_session(periodic: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 
 def draw(periodic: dict[str, Any], path: Path, stamp: str) -> str | None:
-    """Draw the PNG at ``path``; returns the session it shows (None: nothing to draw)."""
+    """Draw the PNG at ``path``; the session it shows (None: nothing to draw)."""
     picked = pick_session(periodic)
     if picked is None:
         return None

@@ -1,7 +1,8 @@
 """Leader election over a store you already run, and Celery integration built on it.
 
 The engine (:class:`LeaderFeed`) imports neither Celery nor any driver. The Celery pieces
-(:class:`LeaderFeedStep`, :func:`leader_only`, :func:`install`) are imported on first use.
+(:class:`LeaderFeedStep`, :func:`leader_only`, :func:`install`) are imported on first use;
+without Celery that raises an ImportError saying ``pip install 'celery-leaderfeed[celery]'``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .errors import (
     LeaderfeedError,
     LeaderfeedTimeout,
     NotLeaderError,
+    StoreRefused,
 )
 from .feed import LeaderFeed, Status
 from .listeners import Event
@@ -49,6 +51,7 @@ __all__ = [
     "Role",
     "Stats",
     "Status",
+    "StoreRefused",
     "Subscription",
     "Timing",
     "WriteResult",

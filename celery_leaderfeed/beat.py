@@ -31,27 +31,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import random
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from celery.beat import BeatLazyFunc, Scheduler
+from ._extras import celery_extra
 
-from .backends.base import Backend
+with celery_extra():
+    import click
+    from celery.beat import BeatLazyFunc, Scheduler
+
+from .backends.base import Backend, Refusal
 from .election import Role
-from .errors import BackendUnavailable, LeaderfeedError
+from .errors import BackendUnavailable, ConfigurationError
 from .feed import LeaderFeed
 from .occurrences import (
     MAX_LISTED,
     CorruptState,
     EntryState,
     Step,
+    beyond_schedule,
     format_due,
     next_due,
     occurrence_id,
@@ -59,16 +66,36 @@ from .occurrences import (
     plan,
     send_headers,
 )
+from .retry import Backoff, FaultLog, refused_pace, report_interval
 from .rival_beat import RivalBeatWatch
-from .settings import LeaderfeedSettings, resolve_settings
+from .settings import LeaderfeedSettings, resolve_settings, unknown_settings
 from .shared_lease import SharedView
+from .timing import Timing
 from .urls import redact_url
 
-__all__ = ["Authority", "LeaderScheduler", "Leadership", "OwnElection", "WorkerElection"]
+__all__ = [
+    "Authority",
+    "BeatConfigurationError",
+    "LeaderScheduler",
+    "Leadership",
+    "OwnElection",
+    "WorkerElection",
+]
 
 logger = logging.getLogger("celery_leaderfeed.beat")
 
 _TERMINATION_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+class BeatConfigurationError(ConfigurationError, click.ClickException):
+    """A bad leaderfeed setting, found while ``celery beat`` prints its banner.
+
+    Also a ``click.ClickException``, so ``celery beat`` exits with one ``Error: ...`` line and
+    status 1, as ``celery worker`` does.
+    """
+
+    def __init__(self, message: str) -> None:
+        click.ClickException.__init__(self, f"leaderfeed: {message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +209,36 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _beyond(entry: Any, last_due: datetime, now: datetime) -> bool:
+    """:func:`beyond_schedule` for ``entry``; False for a broken schedule (``pending`` in
+    ``_run_entry`` reports that)."""
+    try:
+        return beyond_schedule(entry.schedule, last_due, now)
+    except Exception:  # noqa: BLE001 - reported where the next run is computed
+        return False
+
+
+def _describe_timing(settings: LeaderfeedSettings) -> str:
+    timing = settings.timing
+    return (
+        f"heartbeat {timing.heartbeat_interval:g} s, election timeout "
+        f"{timing.election_timeout_min:g}-{timing.election_timeout_max:g} s"
+    )
+
+
+def _warn_about_settings(app: Any, settings: LeaderfeedSettings) -> None:
+    """Once, as a beat that elects on its own starts: keys no setting reads, a private store."""
+    for warning in unknown_settings(app):
+        logger.warning("leaderfeed: %s", warning)
+    if not settings.shared_across_processes:
+        logger.warning(
+            "leaderfeed: leaderfeed_backend %s keeps this beat's election inside its process: "
+            "another beat cannot see it and would send every run too (fine for one beat or "
+            "tests)",
+            redact_url(settings.backend_url),
+        )
+
+
 class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
     """Beat scheduler that sends due entries only while leader (``-S leaderfeed``).
 
@@ -212,22 +269,42 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         self._held: tuple[int, str] | None = None
         self._states: dict[str, str] = {}
         self._leading = False
-        self._store_down = False
         self._broken_entries: set[str] = set()
+        #: Pacing and logging of failed schedule-state calls and refused claims (see _pacing).
+        self._retry: Backoff | None = None
+        self._faults: FaultLog | None = None
+        self._send_faults: FaultLog | None = None
+        #: Why a send failed in this tick (its claim was put back): the tick backs off.
+        self._send_error: Exception | None = None
+        #: Claims refused since the last one that succeeded.
+        self._refusals = 0
+        #: (term, token) -> the store's clock minus ours, measured once per term when needed.
+        self._clock_offset: tuple[tuple[int, str] | None, timedelta | None] | None = None
+        self._clock_behind_warned: set[str] = set()
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
     # -- set-up and tear-down ------------------------------------------------------------------
 
     def setup_schedule(self) -> None:
-        """Build the schedule, then join the election (never called for ``lazy`` instances)."""
+        """Build the schedule, then join the election (never called for ``lazy`` instances).
+
+        A bad setting ends beat with one CRITICAL log line and ``SystemExit(1)`` (the
+        :class:`ConfigurationError` is its ``__cause__``): Celery's beat logs any exception
+        raised here with its traceback, and prints it again word by word through its redirected
+        stderr. ``celery beat`` without ``--quiet`` stops earlier, at the banner (:attr:`info`).
+        """
         super().setup_schedule()
-        settings = self._settings = resolve_settings(self.app)
         embedded = _in_embedded_beat()
-        if self._leadership is None:
-            self._leadership = self._choose_leadership(settings)
+        try:
+            settings = self._settings = resolve_settings(self.app)
+            if self._leadership is None:
+                self._leadership = self._choose_leadership(settings)
+            self._store = settings.store(self._leadership.election)
+        except ConfigurationError as exc:
+            logger.critical("leaderfeed: %s", exc)
+            raise SystemExit(1) from exc
         if embedded or isinstance(self._leadership, WorkerElection):
             self._parent_pid = os.getppid()
-        self._store = settings.store(self._leadership.election)
         if isinstance(self._leadership, WorkerElection):
             self._rival = RivalBeatWatch(
                 settings.store(settings.beat_name), every=settings.timing.election_timeout_max
@@ -235,16 +312,18 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         with _termination_deferred():  # the feed's threads inherit the blocked mask
             self._leadership.start()
         logger.info(
-            "beat: leaderfeed scheduler in election %r on %s (%s)",
+            "beat: leaderfeed scheduler in election %r on %s (%s; %s)",
             self._leadership.election,
             self._store.display_url,
             "following the worker" if isinstance(self._leadership, WorkerElection) else "own",
+            _describe_timing(settings),
         )
 
     def _choose_leadership(self, settings: LeaderfeedSettings) -> Leadership:
         read = _worker_lease_reader(self.app)
         if read is not None:
-            return WorkerElection(settings.name, read)
+            return WorkerElection(settings.name, read)  # its worker warned about the settings
+        _warn_about_settings(self.app, settings)
         feed = LeaderFeed(
             settings.backend_url,
             name=settings.beat_name,
@@ -285,11 +364,12 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
     def info(self) -> str:
         try:
             settings = self._settings or resolve_settings(self.app)
-        except LeaderfeedError as exc:
-            return f"    . leaderfeed -> misconfigured: {exc}"
+        except ConfigurationError as exc:
+            # Beat prints its banner before its logging starts: stop here, in one line.
+            raise BeatConfigurationError(str(exc)) from exc
         return (
             f"    . leaderfeed -> {redact_url(settings.backend_url)} "
-            f"(misfire policy {settings.misfire_policy})"
+            f"({_describe_timing(settings)}, misfire policy {settings.misfire_policy})"
         )
 
     # -- the loop ------------------------------------------------------------------------------
@@ -315,23 +395,77 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         if authority is None or not authority.valid(self._monotonic()):
             self._follow()
             return follower_sleep
+        retry, faults = self._pacing()
         try:
             wake = self._lead(authority)
+            if self._refusals > 1:
+                return self._refused_again(authority)
+            if self._send_error is not None:
+                error, self._send_error = self._send_error, None
+                return min(retry.next(error), float(self.max_interval))
             if self._rival is not None:
                 self._rival.look(self._monotonic())
         except BackendUnavailable as exc:
-            if not self._store_down:
-                self._store_down = True
-                logger.warning("beat: schedule state unavailable, not sending: %s", exc)
             self._held = None
-            return follower_sleep
-        if self._store_down:
-            self._store_down = False
-            logger.info("beat: schedule state reachable again")
+            faults.failed(
+                self._monotonic(), "the schedule state", exc, note="; not sending until it works"
+            )
+            return min(retry.next(exc), float(self.max_interval))
+        if self._refusals == 0:
+            retry.reset()
+            faults.recovered(self._monotonic(), "the schedule state")
         return max(0.0, min(wake, self._heartbeat, float(self.max_interval)))
+
+    def _pacing(self) -> tuple[Backoff, FaultLog]:
+        """The backoff and fault log of this scheduler's store calls (built on first use, once
+        the settings are known)."""
+        if self._retry is None or self._faults is None:
+            timing = self._settings.timing if self._settings is not None else Timing()
+            self._retry = Backoff(
+                random.Random(),
+                timing.heartbeat_interval / 4,
+                timing.heartbeat_interval,
+                refused_cap=refused_pace(timing),
+            )
+            self._faults = FaultLog(logger, "beat", report_interval(timing))
+            self._send_faults = FaultLog(logger, "beat", report_interval(timing))
+        return self._retry, self._faults
+
+    def _refused_again(self, authority: Authority) -> float:
+        """Seconds to wait after claims were refused again under one term, with the state read
+        afresh in between: a lost race would have ended there, so back off and say why."""
+        retry, faults = self._pacing()
+        error = self._why_refused(authority)
+        faults.failed(self._monotonic(), "claiming schedule state", error, note="; retrying")
+        return min(retry.next(error), float(self.max_interval))
+
+    def _why_refused(self, authority: Authority) -> BackendUnavailable:
+        """What the leader record says about our refused claims."""
+        store = self._store
+        assert store is not None
+        try:
+            record = store.read().record
+        except BackendUnavailable as exc:
+            return exc
+        if record is not None and (record.term, record.token) == (authority.term, authority.token):
+            return BackendUnavailable(
+                f"claims under term {authority.term} keep being refused though the store shows "
+                f"that term: another scheduler writes the same schedule state under it"
+            )
+        shown = "no leader record" if record is None else f"term {record.term} of {record.holder}"
+        return store.refused(
+            Refusal(
+                f"the store shows {shown}, not this leader's term {authority.term}, so every "
+                f"claim on the schedule state is refused",
+                "give beat the same store as its election, in every process: the same "
+                "leaderfeed_backend and leaderfeed_backend_options (key_prefix...)",
+            ),
+            f"election {store.name!r}",
+        )
 
     def _follow(self) -> None:
         self._held = None
+        self._refusals = 0
         if self._leading:
             self._leading = False
             logger.info("beat: no longer leading; not sending periodic tasks")
@@ -379,8 +513,9 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         stored = self._states.get(name)
         state = self._decode(name, stored)
         now = self._clock()
-        if state is None:
-            state = EntryState.anchored(now, authority.term)
+        if state is None or self._from_the_future(entry, state, now):
+            term = authority.term
+            state = EntryState.anchored(now, term) if state is None else state.rebased(now, term)
             if not self._may_act(authority):
                 return None
             if not self._claim(name, stored, state.encode(), authority):
@@ -429,6 +564,53 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
             logger.warning("beat: stored state of %r is corrupt (%s); rebuilding it", name, exc)
             return None
 
+    def _from_the_future(self, entry: Any, state: EntryState, now: datetime) -> bool:
+        """Whether ``state`` is due further ahead than ``entry``'s schedule explains, by our
+        clock and by the store's: a leader whose clock ran ahead wrote it, and trusting it would
+        silence the entry until our clock caught up. When only our clock says so, the fault is
+        ours: the entry waits, with a warning."""
+        name: str = entry.name
+        if not _beyond(entry, state.last_due, now):
+            return False
+        store_now = self._store_now(now)
+        if store_now is not None and not _beyond(entry, state.last_due, store_now):
+            if name not in self._clock_behind_warned:
+                self._clock_behind_warned.add(name)
+                logger.warning(
+                    "beat: this scheduler's clock is %.1f s behind the store's, so %r waits "
+                    "for its stored due time %s: set this host's clock right (NTP)",
+                    (store_now - now).total_seconds(),
+                    name,
+                    format_due(state.last_due),
+                )
+            return False
+        logger.warning(
+            "beat: stored state of %r says its last run was due at %s, %.1f s ahead of %s "
+            "clock and past the schedule's next due time: written by a leader whose clock runs "
+            "ahead? Rebuilding it from now",
+            name,
+            format_due(state.last_due),
+            (state.last_due - (store_now or now)).total_seconds(),
+            "this scheduler's" if store_now is None else "the store's",
+        )
+        return True
+
+    def _store_now(self, now: datetime) -> datetime | None:
+        """``now`` by the store's clock (None: the backend does not tell); its offset from ours
+        is measured with one read, once per term."""
+        if self._clock_offset is None or self._clock_offset[0] != self._held:
+            store = self._store
+            assert store is not None
+            store_time = store.read().store_time
+            offset = (
+                None
+                if store_time is None or not math.isfinite(store_time)
+                else datetime.fromtimestamp(store_time, timezone.utc) - self._clock()
+            )
+            self._clock_offset = (self._held, offset)
+        offset = self._clock_offset[1]
+        return None if offset is None else now + offset
+
     def _may_act(self, authority: Authority) -> bool:
         if self._parent_pid is not None and os.getppid() != self._parent_pid:
             return False
@@ -451,17 +633,18 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         with _termination_deferred():
             if not self._claim(name, raw, new_raw, authority):
                 return False
-            if step.send is None:
-                published = True
-            else:
+            error = None
+            if step.send is not None:
                 assert new.sent_at is not None
                 headers = send_headers(
                     name, step, term=authority.term, sender=authority.member_id, sent_at=new.sent_at
                 )
-                published = self._publish(entry, headers)
-            if not published:
-                self._release(name, new_raw, raw, authority, step)
+                error = self._publish(entry, headers)
+            if error is not None:
+                self._release(name, new_raw, raw, authority, step, error)
                 return False
+        if step.send is not None and self._send_faults is not None:
+            self._send_faults.recovered(self._monotonic(), "sending periodic tasks")
         self._report(entry, step, new, authority)
         return True
 
@@ -470,32 +653,49 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         assert store is not None
         if store.write_entry(authority.term, authority.token, name, expected, new):
             self._states[name] = new
+            self._refusals = 0
             return True
-        logger.info(
-            "beat: claim on %r refused (term %d has ended or the state changed)",
-            name,
-            authority.term,
-        )
+        self._refusals += 1
+        if self._refusals == 1:  # later ones in a row are reported by _refused_again
+            logger.info(
+                "beat: claim on %r refused (term %d has ended or the state changed)",
+                name,
+                authority.term,
+            )
         self._held = None
         return False
 
     def _release(
-        self, name: str, claimed: str, previous: str, authority: Authority, step: Step
+        self,
+        name: str,
+        claimed: str,
+        previous: str,
+        authority: Authority,
+        step: Step,
+        error: Exception,
     ) -> None:
-        """Put a claimed-but-unsent occurrence back so it is sent later (by us or a successor)."""
+        """Put a claimed-but-unsent occurrence back so it is sent later (by us or a successor);
+        the tick then backs off, and a lasting failure is reported at a bounded rate."""
         assert step.send is not None
         occurrence = occurrence_id(name, step.send)
         try:
             released = self._claim(name, claimed, previous, authority)
         except BackendUnavailable:
             released = False
-        if released:
-            logger.warning("beat: sending %s failed; it will be retried", occurrence)
-        else:
-            logger.error("beat: sending %s failed and its claim could not be undone", occurrence)
+        if not released:
+            logger.error(
+                "beat: sending %s failed (%s) and its claim could not be undone", occurrence, error
+            )
+            return
+        self._send_error = error
+        self._pacing()
+        assert self._send_faults is not None
+        self._send_faults.failed(
+            self._monotonic(), f"sending {occurrence}", error, note="; it will be retried"
+        )
 
-    def _publish(self, entry: Any, headers: dict[str, Any]) -> bool:
-        """Send ``entry`` with ``headers`` the way Celery's scheduler does; False on failure."""
+    def _publish(self, entry: Any, headers: dict[str, Any]) -> Exception | None:
+        """Send ``entry`` with ``headers`` the way Celery's scheduler does; the error, if any."""
         options = dict(entry.options or {})
         options["headers"] = {**(options.get("headers") or {}), "celery_beat_task": True, **headers}
         args = [arg() if isinstance(arg, BeatLazyFunc) else arg for arg in entry.args or ()]
@@ -509,10 +709,9 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
                 task.apply_async(args, kwargs, producer=self.producer, **options)
             else:
                 self.send_task(entry.task, args, kwargs, producer=self.producer, **options)
-        except Exception:
-            logger.exception("beat: could not send %s", headers["leaderfeed_occurrence"])
-            return False
-        return True
+        except Exception as exc:  # noqa: BLE001 - reported by _release, with its traceback
+            return exc
+        return None
 
     def _report(self, entry: Any, step: Step, new: EntryState, authority: Authority) -> None:
         name: str = entry.name

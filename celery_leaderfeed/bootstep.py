@@ -9,7 +9,10 @@ Lifecycle
 * ``__init__`` resolves the settings (``--leaderfeed-*`` worker options, then ``app.conf``, then
   defaults) and fails the worker at once with one line if they are bad. Options given on the
   command line are written into ``app.conf``, so every process of this worker (prefork children
-  under ``fork`` or ``spawn``, the embedded beat) resolves the same settings.
+  under ``fork`` or ``spawn``, the embedded beat) resolves the same settings. It warns once about
+  ``leaderfeed*`` keys no setting reads, and about an in-process store (``memory://``), which
+  each worker process elects in alone; with ``-B`` and the leaderfeed scheduler such a store is
+  refused: the embedded beat runs in another process and could never claim a run.
 * ``create`` builds the feed (it connects later) and the shared-memory lease segment, before
   the pool and the embedded beat process fork.
 * ``start`` runs after the pool and beat started (the step requires both) and starts the feed
@@ -65,17 +68,21 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import click
-from celery import bootsteps, current_app
-from celery.signals import worker_shutting_down
-from celery.utils.dispatch import Signal
+from ._extras import celery_extra
+
+with celery_extra():
+    import click
+    from celery import bootsteps, current_app
+    from celery.signals import worker_shutting_down
+    from celery.utils.dispatch import Signal
 
 from .election import Role
 from .errors import ConfigurationError
 from .feed import LeaderFeed
-from .settings import DEFAULTS, LeaderfeedSettings, resolve_settings
+from .settings import DEFAULTS, LeaderfeedSettings, resolve_settings, unknown_settings
 from .shared_lease import SharedLease, SharedView
 from .signals import leadership_gained, leadership_lost
+from .urls import redact_url
 
 __all__ = [
     "ELECTION_ENV",
@@ -121,6 +128,40 @@ def _resolve_for_worker(app: Any, options: Mapping[str, Any]) -> LeaderfeedSetti
     for key, value in overrides.items():
         app.conf[key] = value  # children (fork or spawn) and the embedded beat read app.conf
     return settings
+
+
+def _check_store_reach(settings: LeaderfeedSettings, *, embedded_beat: bool) -> None:
+    """Refuse (under -B) or warn about a store that other processes cannot see."""
+    if settings.shared_across_processes:
+        return
+    url = redact_url(settings.backend_url)
+    if embedded_beat:
+        raise WorkerConfigurationError(
+            f"leaderfeed_backend {url} keeps the election inside this worker process, and -B "
+            "runs beat in another process that cannot see it: use a store that processes "
+            "share (redis://, mongodb://, rethinkdb://)"
+        )
+    logger.warning(
+        "leaderfeed: leaderfeed_backend %s keeps the election inside each worker process, so "
+        "every worker process elects itself leader (fine for a single worker or tests)",
+        url,
+    )
+
+
+def _embeds_leader_beat(worker: Any, options: Mapping[str, Any]) -> bool:
+    """True if this worker runs an embedded beat (-B) with the leaderfeed scheduler."""
+    if not options.get("beat"):
+        return False
+    from celery.utils.imports import load_extension_class_names, symbol_by_name  # noqa: PLC0415
+
+    from .beat import LeaderScheduler  # noqa: PLC0415 - beat's side; needed only with -B
+
+    aliases = dict(load_extension_class_names("celery.beat_schedulers"))
+    try:
+        scheduler = symbol_by_name(worker.scheduler, aliases=aliases)
+    except (ImportError, AttributeError, ValueError):
+        return False  # a bad scheduler name: Celery's beat reports it in its own words
+    return isinstance(scheduler, type) and issubclass(scheduler, LeaderScheduler)
 
 
 class _SignalRelay:
@@ -304,7 +345,8 @@ class WorkerLeadership:
 
         ``lease_age`` is the seconds since the leader's record last changed (a renewal) as
         this worker saw it; ``lease_remaining`` the seconds this worker may still act as
-        leader unless it renews (None on followers).
+        leader unless it renews (None on followers); ``store_error`` what fails while the store
+        or its change feed fails (password hidden; the worker's log has the same, rate-limited).
         """
         now = time.monotonic()
         lease = self.feed.lease
@@ -320,6 +362,7 @@ class WorkerLeadership:
                 if leading and lease.acquired_at is not None
                 else None
             ),
+            "store_error": self.feed.fault,
         }
 
     def _note_record(self, feed: LeaderFeed) -> None:
@@ -342,6 +385,9 @@ class LeaderFeedStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         self.settings = _resolve_for_worker(parent.app, kwargs)
+        _check_store_reach(self.settings, embedded_beat=_embeds_leader_beat(parent, kwargs))
+        for warning in unknown_settings(parent.app):
+            logger.warning("leaderfeed: %s", warning)
         super().__init__(parent, **kwargs)
 
     def create(self, parent: Any) -> WorkerLeadership:

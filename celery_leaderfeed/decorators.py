@@ -57,12 +57,15 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from celery import current_app
-from celery._state import get_current_task
-from celery.app.task import Task, get_actual_ignore_result
-from celery.backends.base import DisabledBackend
-from celery.exceptions import Ignore
-from celery.local import Proxy
+from ._extras import celery_extra
+
+with celery_extra():
+    from celery import current_app
+    from celery._state import get_current_task
+    from celery.app.task import Task, get_actual_ignore_result
+    from celery.backends.base import DisabledBackend
+    from celery.exceptions import Ignore
+    from celery.local import Proxy
 
 from .bootstep import leader_admission, worker_settings
 from .election import Role

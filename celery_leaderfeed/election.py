@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from .backends.base import Backend, DataChanged, FeedEvent, RecordChanged
 from .errors import BackendUnavailable
 from .record import Observation, WriteResult
+from .retry import Backoff, FaultLog, refused_pace, report_interval
 from .timing import Timing
 
 __all__ = ["FOLLOWING", "Election", "Lease", "Role", "Stats"]
@@ -116,6 +117,7 @@ class Election:
         rng: random.Random | None = None,
         emit: Emit = _no_event,
         on_update: Callable[[], None] = _no_update,
+        faults: FaultLog | None = None,
     ) -> None:
         self.backend = backend
         self.member_id = member_id
@@ -155,6 +157,17 @@ class Election:
         self.feed_suspect = False
         self.stopping = False
         self.stats = Stats()
+        #: Failed store calls are retried after this backoff (one heartbeat at most while the
+        #: store may heal, slower while it refuses us) and logged without flooding.
+        self._retry = Backoff(
+            self.rng,
+            timing.heartbeat_interval / 4,
+            timing.heartbeat_interval,
+            refused_cap=refused_pace(timing),
+        )
+        self.faults = faults or FaultLog(
+            logger, f"leaderfeed {backend.name!r}", report_interval(timing)
+        )
 
     # -- what the owner reports ----------------------------------------------------------------
 
@@ -335,8 +348,14 @@ class Election:
 
     # -- store operations ------------------------------------------------------------------------
 
-    def _retry_delay(self) -> float:
-        return self.timing.heartbeat_interval / 4
+    def _store_failed(self, what: str, exc: BackendUnavailable) -> float:
+        """Report a failed store call; the seconds to wait before trying again."""
+        self.faults.failed(self.clock(), what, exc)
+        return self._retry.next(exc)
+
+    def _store_answered(self) -> None:
+        self._retry.reset()
+        self.faults.recovered(self.clock(), "the store")
 
     def _renew(self) -> None:
         lease = self.lease
@@ -346,9 +365,10 @@ class Election:
             result = self.backend.renew(lease.term, lease.token)
         except BackendUnavailable as exc:
             self.stats.renewals_failed += 1
-            self._heartbeat_failed("renewal", exc)
-            self.renew_at = self.clock() + self._retry_delay()
+            self.emit("heartbeat_error", exc)
+            self.renew_at = self.clock() + self._store_failed("renewal", exc)
             return
+        self._store_answered()
         if result.ok:
             self.stats.renewals += 1
             self.lease = Lease(
@@ -381,9 +401,10 @@ class Election:
                 min_version=self.max_version + 1,
             )
         except BackendUnavailable as exc:
-            self._heartbeat_failed("claim", exc)
-            self.election_at = self.clock() + self.timing.heartbeat_interval
+            self.emit("heartbeat_error", exc)
+            self.election_at = self.clock() + self._store_failed("claim", exc)
             return
+        self._store_answered()
         now = self.clock()
         if result.ok:
             self.stats.claims_won += 1
@@ -458,15 +479,11 @@ class Election:
         try:
             observation = self.backend.read()
         except BackendUnavailable as exc:
-            logger.debug("leaderfeed %r: read failed: %s", self.backend.name, exc)
-            self.read_at = self.clock() + self.timing.heartbeat_interval
+            self.read_at = self.clock() + self._store_failed("reading the record", exc)
             return
+        self._store_answered()
         self.read_at = None if self.feed_up else self.clock() + self.timing.heartbeat_interval
         self.observe(observation, self.clock(), authoritative=True)
-
-    def _heartbeat_failed(self, what: str, exc: BackendUnavailable) -> None:
-        logger.warning("leaderfeed %r: %s failed: %s", self.backend.name, what, exc)
-        self.emit("heartbeat_error", exc)
 
     def _pursue_request(self, now: float) -> None:
         """Move towards ``requested_leader`` leading."""
@@ -496,11 +513,9 @@ class Election:
         try:
             result = self.backend.nominate(known.version, target)
         except BackendUnavailable as exc:
-            logger.warning(
-                "leaderfeed %r: nominating %s failed: %s", self.backend.name, target, exc
-            )
-            self.nominate_at = self.clock() + self._retry_delay()
+            self.nominate_at = self.clock() + self._store_failed(f"nominating {target}", exc)
             return
+        self._store_answered()
         if result.ok:
             self.requested_leader = None
         self.observe(result.observation, self.clock(), authoritative=True)
@@ -527,9 +542,9 @@ class Election:
         try:
             result = self.backend.resign(pending.term, pending.token, pending.nominee)
         except BackendUnavailable as exc:
-            logger.warning("leaderfeed %r: resigning failed: %s", self.backend.name, exc)
-            self.resign_at = self.clock() + self._retry_delay()
+            self.resign_at = self.clock() + self._store_failed("resigning", exc)
             return
+        self._store_answered()
         self._pending_resign = None
         self.observe(result.observation, self.clock(), authoritative=True)
         self._schedule_election(self.clock())

@@ -5,11 +5,17 @@ Every exception derives from :class:`LeaderfeedError`::
     LeaderfeedError
     ├── ConfigurationError      bad URL, option, setting or missing driver (raised at construction)
     ├── BackendUnavailable      the store could not be reached or did not answer in time
+    │   └── StoreRefused        the store answered but refuses us; retrying alone cannot fix it
     ├── NotLeaderError          an operation that needs leadership ran on a follower
     └── LeaderfeedTimeout       a wait (start, elect, wait_for_leader) ran out of time
 
 Backends map their driver's errors to :class:`BackendUnavailable` with ``raise ... from exc`` so
-the engine never needs to know a driver's exception types.
+the engine never needs to know a driver's exception types. Errors that may heal by themselves (a
+server restarting, a network blip, a timeout) stay :class:`BackendUnavailable`: the engine logs a
+WARNING and retries with backoff. Errors that only a change of configuration or data can fix (a
+password or user refused, a TLS mismatch, a key of the wrong type, an unknown database) are
+:class:`StoreRefused`, which says what is wrong and how to fix it: the engine logs an ERROR at a
+bounded rate and keeps retrying slowly, so a fix made in the store takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ __all__ = [
     "LeaderfeedError",
     "LeaderfeedTimeout",
     "NotLeaderError",
+    "StoreRefused",
 ]
 
 
@@ -33,6 +40,19 @@ class ConfigurationError(LeaderfeedError, ValueError):
 
 class BackendUnavailable(LeaderfeedError, ConnectionError):
     """The store could not be reached, refused the operation, or timed out."""
+
+
+class StoreRefused(BackendUnavailable):
+    """The store answered, but refuses this client in a way retrying cannot change.
+
+    ``cause`` says what the store refused (never a password), ``fix`` what to change; the
+    message carries both, the store's redacted URL and the driver's own words.
+    """
+
+    def __init__(self, message: str, *, cause: str, fix: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.fix = fix
 
 
 class NotLeaderError(LeaderfeedError):

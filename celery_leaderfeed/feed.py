@@ -9,6 +9,11 @@ Threads, and what each may do:
 
 Other threads only read immutable snapshots (``lease``, ``known``) or queue commands, and
 every wait is on a queue or condition that ``stop()`` wakes at once.
+
+Every retry waits a backoff delay and every lasting fault is logged at a bounded rate
+(:mod:`~celery_leaderfeed.retry`): a store that refuses us for good
+(:class:`~celery_leaderfeed.errors.StoreRefused`) is an ERROR naming the cause and the fix,
+retried slowly; an outage is a WARNING, retried at the heartbeat's pace at most.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .election import Election, Lease, Role, Stats
 from .errors import BackendUnavailable, ConfigurationError, LeaderfeedError, LeaderfeedTimeout
 from .listeners import Event, Listener, Listeners
 from .record import Observation
+from .retry import Backoff, FaultLog, refused_pace, report_interval
 from .timing import Timing
 
 __all__ = ["LeaderFeed", "Status"]
@@ -57,24 +63,6 @@ class Status(str, enum.Enum):
 def default_member_id() -> str:
     """``host:pid:random`` - readable in logs, unique per process start."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class _Backoff:
-    """Exponential backoff with full jitter, for reconnects and resubscribes."""
-
-    def __init__(self, rng: random.Random, initial: float, cap: float) -> None:
-        self._rng = rng
-        self._initial = initial
-        self._cap = cap
-        self._attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self._cap, self._initial * 2**self._attempt)
-        self._attempt = min(self._attempt + 1, 30)
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +180,15 @@ class LeaderFeed:
         self._pump: _FeedPump | None = None
         self._generation = 0
         self._resubscribe_at: float | None = None
-        self._backoff = _Backoff(self._rng, 0.05, max(2.0, self.timing.heartbeat_interval))
+        refused = refused_pace(self.timing)
+        self._backoff = Backoff(
+            self._rng, 0.05, max(2.0, self.timing.heartbeat_interval), refused_cap=refused
+        )
+        label, every = f"leaderfeed {self.name!r}", report_interval(self.timing)
+        #: Faults of the record's reads and writes (the election's) and of the change feed.
+        self._store_faults = FaultLog(logger, label, every)
+        self._feed_faults = FaultLog(logger, label, every)
+        self._engine_faults = FaultLog(logger, label, every)
 
     # -- identity and state --------------------------------------------------------------------
 
@@ -237,6 +233,11 @@ class LeaderFeed:
         """The last state of the leader record this member saw."""
         election = self._election
         return election.known if election is not None else None
+
+    @property
+    def fault(self) -> str | None:
+        """What fails while the store or its change feed fails (password hidden), else None."""
+        return self._store_faults.current or self._feed_faults.current
 
     @property
     def leader_id(self) -> str | None:
@@ -302,6 +303,7 @@ class LeaderFeed:
                 rng=self._rng,
                 emit=self._listeners.emit,
                 on_update=self._updated,
+                faults=self._store_faults,
             )
             self._listeners.start()
             self._thread = threading.Thread(
@@ -422,7 +424,12 @@ class LeaderFeed:
 
     def _open(self, election: Election) -> bool:
         """Connect and read the record; retry with backoff if asked to. False: stopped first."""
-        backoff = _Backoff(self._rng, 0.1, max(5.0, self.timing.heartbeat_interval))
+        backoff = Backoff(
+            self._rng,
+            0.1,
+            max(5.0, self.timing.heartbeat_interval),
+            refused_cap=refused_pace(self.timing),
+        )
         while True:
             try:
                 self.backend.connect()
@@ -430,15 +437,21 @@ class LeaderFeed:
                     self.backend.create()
                 self._subscribe(election)
                 election.bootstrap()
+                self._store_faults.recovered(self._clock(), "joining the election")
                 return True
             except BackendUnavailable as exc:
                 self._drop_feed()
                 if not self._retry:
                     self._start_error = exc
                     return False
-                logger.warning("leaderfeed %r: cannot reach the store yet: %s", self.name, exc)
+                self._store_faults.failed(
+                    self._clock(),
+                    "joining the election",
+                    exc,
+                    note="; retrying, following meanwhile",
+                )
                 self._listeners.emit(Event.HEARTBEAT_ERROR.value, exc)
-                if self._take(backoff.next()) is _STOP:
+                if self._take(backoff.next(exc)) is _STOP:
                     return False
             except Exception as exc:  # noqa: BLE001 - reported to start() and the log
                 # A configuration the store refuses (or a bug) will not heal by retrying.
@@ -448,23 +461,27 @@ class LeaderFeed:
                 return False
 
     def _loop(self, election: Election) -> None:
+        backoff = Backoff(
+            self._rng, self.timing.heartbeat_interval / 4, self.timing.heartbeat_interval
+        )
         while True:
             try:
                 delay = self._tick(election)
-            except Exception:
-                # A bug must not kill the election: log it and keep the clock running.
-                logger.exception("leaderfeed %r: unexpected error in the engine", self.name)
-                delay = self.timing.heartbeat_interval / 4
+            except Exception as exc:  # noqa: BLE001 - reported (with its traceback) below
+                # A bug must not kill the election: report it and keep the clock running.
+                self._engine_faults.failed(self._clock(), "the engine", exc)
+                delay = backoff.next(exc)
+            else:
+                backoff.reset()
+                self._engine_faults.recovered(self._clock(), "the engine")
             command = self._take(delay)
             while command is not None:
                 if command is _STOP:
                     return
                 try:
                     self._handle(election, command)
-                except Exception:
-                    logger.exception(
-                        "leaderfeed %r: unexpected error handling %r", self.name, command
-                    )
+                except Exception as exc:  # noqa: BLE001 - reported (with its traceback)
+                    self._engine_faults.failed(self._clock(), f"handling {command!r}", exc)
                 command = self._take(0)
 
     def _take(self, timeout: float) -> object | None:
@@ -480,9 +497,8 @@ class LeaderFeed:
         now = self._clock()
         if election.feed_suspect:
             election.feed_suspect = False
-            logger.warning(
-                "leaderfeed %r: the change feed went quiet; subscribing again", self.name
-            )
+            quiet = BackendUnavailable("it went quiet while renewals went on")
+            self._feed_faults.failed(now, "the change feed", quiet, note="; subscribing again")
             self._drop_feed()
             election.feed_lost(now)
             self._resubscribe_at = now
@@ -496,6 +512,10 @@ class LeaderFeed:
         now = self._clock()
         if isinstance(command, _FeedItem):
             if command.generation == self._generation:
+                # It delivers, so it works: a feed that breaks right after each subscribe
+                # keeps backing off instead.
+                self._backoff.reset()
+                self._feed_faults.recovered(now, "the change feed")
                 election.feed_event(command.event, now)
         elif isinstance(command, _FeedLost):
             if command.generation == self._generation and self._pump is not None:
@@ -516,20 +536,18 @@ class LeaderFeed:
         )
         self._pump.start()
         self._resubscribe_at = None
-        self._backoff.reset()
         election.feed_started(self._clock())
         logger.debug("leaderfeed %r: subscribed to %s", self.name, self.backend.display_url)
         self._listeners.emit(Event.SUBSCRIBE_STARTED.value)
 
     def _feed_failed(self, election: Election, error: BaseException, now: float) -> None:
-        delay = self._backoff.next()
-        logger.warning(
-            "leaderfeed %r: change feed unavailable (%s); reading the record every %g s and "
-            "subscribing again in %.2f s",
-            self.name,
+        delay = self._backoff.next(error)
+        self._feed_faults.failed(
+            now,
+            "the change feed",
             error,
-            self.timing.heartbeat_interval,
-            delay,
+            note=f"; reading the record every {self.timing.heartbeat_interval:g} s and "
+            f"subscribing again with backoff",
         )
         self._listeners.emit(Event.SUBSCRIBE_ERROR.value, error)
         election.feed_lost(now)

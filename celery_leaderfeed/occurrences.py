@@ -20,6 +20,12 @@ always sent; the missed ones are handled by the misfire policy:
 ``catch_up``   each missed one is sent, at most ``catch_up_limit`` of them (the most recent);
                older ones are recorded as skipped
 
+A stored state whose ``last_due`` lies past the schedule's next due time after now (for an
+interval schedule: more than one period ahead) cannot have been written by a leader whose clock
+agreed with ours - no leader handles a run before it is due. :func:`beyond_schedule` tells; the
+scheduler rebuilds such a state from now (:meth:`EntryState.rebased`) instead of waiting for its
+clock to catch up, silent meanwhile.
+
 Nothing here does I/O, so all of it is tested without Celery processes or a store.
 """
 
@@ -42,6 +48,7 @@ __all__ = [
     "Pending",
     "ScheduleError",
     "Step",
+    "beyond_schedule",
     "format_due",
     "from_micros",
     "next_due",
@@ -143,6 +150,12 @@ def next_due(schedule: Any, after: datetime) -> datetime:
     if due <= after:
         raise ScheduleError(f"schedule {schedule!r} names no slot after {format_due(after)}")
     return due
+
+
+def beyond_schedule(schedule: Any, last_due: datetime, now: datetime) -> bool:
+    """True when ``last_due`` lies past ``schedule``'s next due time after ``now``: further
+    ahead than any leader whose clock reads ``now`` could have handled a run."""
+    return last_due > next_due(schedule, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +331,11 @@ class EntryState:
     def anchored(cls, now: datetime, term: int) -> EntryState:
         """The state of an entry no leader has seen before."""
         return cls(last_due=from_micros(to_micros(now)), term=term)
+
+    def rebased(self, now: datetime, term: int) -> EntryState:
+        """This state restarted from ``now`` (its counts kept): for a state due further ahead
+        than its schedule explains (see :func:`beyond_schedule`)."""
+        return replace(self, last_due=from_micros(to_micros(now)), term=term)
 
     def after(self, step: Step, *, term: int, sent_at: float | None) -> EntryState:
         """This state once ``step`` is handled by the leader of ``term``."""

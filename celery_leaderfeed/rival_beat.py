@@ -7,15 +7,18 @@ embedded beat therefore looks at the standalone election now and then and logs a
 someone holds it and keeps renewing.
 
 Liveness is judged without clocks: the holder is live if the record's version advanced between
-two looks (every renewal raises it), so a record a crashed beat left behind never alarms.
+two looks (every renewal raises it), so a record a crashed beat left behind never alarms. While
+the store fails, looks back off (up to 16 times apart); the schedule's own calls report it.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 
 from .backends import Backend
 from .errors import BackendUnavailable
+from .retry import Backoff
 
 __all__ = ["RivalBeatWatch"]
 
@@ -28,6 +31,7 @@ class RivalBeatWatch:
     def __init__(self, store: Backend, every: float) -> None:
         self._store = store
         self._every = every
+        self._backoff = Backoff(random.Random(), 2 * every, 16 * every)
         self._next_look = float("-inf")
         self._connected = False
         #: (holder, version) at the previous look.
@@ -45,8 +49,10 @@ class RivalBeatWatch:
                 self._store.connect()
                 self._connected = True
             record = self._store.read().record
-        except BackendUnavailable:
+        except BackendUnavailable as exc:
+            self._next_look = now + self._backoff.next(exc)
             return  # the schedule's own store calls report outages
+        self._backoff.reset()
         if record is None or record.holder is None:
             self._seen = self._reported = None
             return

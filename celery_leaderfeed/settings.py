@@ -3,8 +3,8 @@
 Settings are lowercase with the ``leaderfeed_`` prefix and are read with ``app.conf.get`` so
 ``app.config_from_object(..., namespace="CELERY")`` (Django's ``CELERY_LEADERFEED_BACKEND``)
 works. ``celery inspect conf`` / ``celery report`` hide the password of ``leaderfeed_backend``
-because the key contains "backend"; keys inside ``leaderfeed_backend_options`` that look secret
-(password, token, key...) are masked too.
+in any URL form (see :mod:`celery_leaderfeed.control`); Celery masks the keys inside
+``leaderfeed_backend_options`` that look secret (password, token, key...).
 
 ================================== ===================== =========================================
 setting                            default               meaning
@@ -29,19 +29,28 @@ setting                            default               meaning
                                                          processes (an embedded beat follows
                                                          its worker's election)
 ================================== ===================== =========================================
+
+Timings are checked together (:class:`~celery_leaderfeed.Timing`): the heartbeat interval and
+the operation timeout are at least 20 ms (a store round trip plus a Python thread's scheduling
+delay take several ms; less makes leadership flap), ``election_timeout_min`` is at least twice
+the heartbeat, ``_max`` exceeds ``_min`` and the operation timeout is at most ``_min`` minus the
+heartbeat. A ``leaderfeed*`` key that no setting reads (a typo, or a spelling the
+configuration's namespace does not read) is reported by :func:`unknown_settings`; the worker and
+beat log it once at start.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, cast
 
 from .backends import Backend, backend_class, backend_from_url
 from .errors import ConfigurationError
 from .timing import Timing
-from .urls import url_scheme
+from .urls import redact_options, redact_url, url_scheme
 
 __all__ = [
     "DEFAULTS",
@@ -49,6 +58,7 @@ __all__ = [
     "MISFIRE_POLICIES",
     "LeaderfeedSettings",
     "resolve_settings",
+    "unknown_settings",
 ]
 
 FollowerPolicy = Literal["skip", "retry", "raise"]
@@ -89,6 +99,13 @@ class LeaderfeedSettings:
     catch_up_limit: int = 10
     beat_name: str = "celery.beat"
 
+    def __repr__(self) -> str:
+        # Not the generated one: the backend's URL and options may hold a password.
+        shown = {item.name: getattr(self, item.name) for item in fields(self)}
+        shown["backend_url"] = redact_url(self.backend_url)
+        shown["backend_options"] = redact_options(self.backend_options)
+        return f"LeaderfeedSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def store(self, election: str | None = None) -> Backend:
         """A backend, not yet connected, for ``election`` (default: :attr:`name`)."""
         return backend_from_url(
@@ -97,6 +114,11 @@ class LeaderfeedSettings:
             timeout=self.timing.timeout,
             options=self.backend_options,
         )
+
+    @property
+    def shared_across_processes(self) -> bool:
+        """False if the store lives inside this process (``memory://``)."""
+        return backend_class(self.backend_url).shared_across_processes
 
     def feed_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~celery_leaderfeed.LeaderFeed` (backend URL aside)."""
@@ -154,6 +176,70 @@ def _number(key: str, value: Any) -> float:
     return float(value)
 
 
+def unknown_settings(app: Any) -> list[str]:
+    """A warning for each ``leaderfeed*`` key of ``app.conf`` that no setting reads.
+
+    A key is read under its own name or, with ``config_from_object(..., namespace="CELERY")``,
+    as ``CELERY_LEADERFEED_...``; anything else (a typo, ``LEADERFEED_...`` beside a namespace)
+    is ignored by Celery, so each warning names the closest spelling that would be read.
+    """
+    conf = app.conf
+    keys = [key for key in conf if isinstance(key, str)]  # loads the configuration first
+    prefix: str = getattr(conf, "prefix", None) or ""  # set by config_from_object(namespace=)
+    read = {spelling for setting in DEFAULTS for spelling in _spellings(setting, prefix)}
+    warnings = []
+    for key in sorted(keys):
+        bare = key.lower()
+        if prefix and bare.startswith(prefix.lower()):
+            bare = bare[len(prefix) :]
+        if bare.startswith("leaderfeed") and key not in read:
+            warnings.append(_unknown_setting(key, bare, prefix))
+    return warnings
+
+
+def _spellings(setting: str, prefix: str) -> tuple[str, ...]:
+    """The keys ``app.conf.get(setting)`` looks up (Celery matches the prefix's case)."""
+    if not prefix:
+        return (setting,)
+    namespaced = prefix + setting
+    return (setting, namespaced.upper() if prefix.isupper() else namespaced.lower())
+
+
+def _unknown_setting(key: str, bare: str, prefix: str) -> str:
+    # Compared without the shared "leaderfeed_", which would make every name look close.
+    stem = len("leaderfeed_")
+    names = {setting[stem:]: setting for setting in DEFAULTS}
+    closest = difflib.get_close_matches(bare[stem:], names, n=1)
+    if not closest:
+        known = ", ".join(_spellings(setting, prefix)[-1] for setting in DEFAULTS)
+        return f"unknown setting {key} is ignored; the settings are {known}"
+    return f"unknown setting {key}; did you mean {_spellings(names[closest[0]], prefix)[-1]}?"
+
+
+def _timing(get: Callable[[str], Any]) -> Timing:
+    operation_timeout = get("leaderfeed_operation_timeout")
+    try:
+        return Timing(
+            heartbeat_interval=_number(
+                "leaderfeed_heartbeat_interval", get("leaderfeed_heartbeat_interval")
+            ),
+            election_timeout_min=_number(
+                "leaderfeed_election_timeout_min", get("leaderfeed_election_timeout_min")
+            ),
+            election_timeout_max=_number(
+                "leaderfeed_election_timeout_max", get("leaderfeed_election_timeout_max")
+            ),
+            operation_timeout=None
+            if operation_timeout is None
+            else _number("leaderfeed_operation_timeout", operation_timeout),
+        )
+    except ConfigurationError as exc:
+        if str(exc).startswith("leaderfeed_"):
+            raise
+        # Timing's messages begin with the field at fault: name the setting the user wrote.
+        raise ConfigurationError(f"leaderfeed_{exc}") from exc
+
+
 def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> LeaderfeedSettings:
     """Read and validate every ``leaderfeed_*`` setting of ``app``.
 
@@ -171,7 +257,9 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
 
     backend_url = get("leaderfeed_backend") or _default_backend(app)
     if not isinstance(backend_url, str):
-        raise ConfigurationError(f"leaderfeed_backend must be a URL string, got {backend_url!r}")
+        raise ConfigurationError(  # not its repr: a URL in bytes would show its password
+            f"leaderfeed_backend must be a URL string, got {type(backend_url).__name__}"
+        )
     backend_class(backend_url)  # unknown scheme or missing driver: fail now, in one line
 
     name = get("leaderfeed_name") or getattr(app, "main", None) or "celery"
@@ -180,21 +268,7 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
     if name == "__main__":
         name = "celery"
 
-    operation_timeout = get("leaderfeed_operation_timeout")
-    timing = Timing(
-        heartbeat_interval=_number(
-            "leaderfeed_heartbeat_interval", get("leaderfeed_heartbeat_interval")
-        ),
-        election_timeout_min=_number(
-            "leaderfeed_election_timeout_min", get("leaderfeed_election_timeout_min")
-        ),
-        election_timeout_max=_number(
-            "leaderfeed_election_timeout_max", get("leaderfeed_election_timeout_max")
-        ),
-        operation_timeout=None
-        if operation_timeout is None
-        else _number("leaderfeed_operation_timeout", operation_timeout),
-    )
+    timing = _timing(get)
 
     options = get("leaderfeed_backend_options")
     if not isinstance(options, Mapping):

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigurationError
 
-__all__ = ["Timing"]
+__all__ = ["MIN_INTERVAL", "Timing"]
+
+#: Shortest ``heartbeat_interval`` and ``operation_timeout`` accepted, in seconds. A renewal is a
+#: store round trip (a few ms to a store on another host) plus the wait before a Python thread
+#: runs again (the GIL hands over every 5 ms, and the OS scheduler adds its own delay on a busy
+#: machine); with less than this, renewals overrun the lease and leadership flaps.
+MIN_INTERVAL = 0.02
+_WHY_FLOOR = "a store round trip plus a Python thread's scheduling delay take several ms"
 
 
 def _seconds(name: str, value: object) -> float:
@@ -20,6 +27,16 @@ def _seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def _at_least_floor(name: str, value: object) -> float:
+    seconds = _seconds(name, value)
+    if seconds < MIN_INTERVAL:
+        raise ConfigurationError(
+            f"{name} ({seconds:g} s) must be at least {MIN_INTERVAL:g} s: {_WHY_FLOOR}, "
+            "so a shorter one makes leadership flap"
+        )
+    return seconds
+
+
 @dataclass(frozen=True, slots=True)
 class Timing:
     """How often the leader renews and how long followers wait before taking over.
@@ -29,6 +46,9 @@ class Timing:
     when it saw the last change. The leader stops acting by itself when no renewal has been
     acknowledged for :attr:`lease_duration`, which is shorter than any follower's wait, so the
     old leader has always stopped before a follower's claim can succeed.
+
+    ``heartbeat_interval`` and ``operation_timeout`` must be at least :data:`MIN_INTERVAL`
+    (20 ms): below that a renewal cannot reliably finish in time and leadership flaps.
     """
 
     heartbeat_interval: float = 1.0
@@ -41,7 +61,7 @@ class Timing:
     lease_duration: float = field(init=False)
 
     def __post_init__(self) -> None:
-        heartbeat = _seconds("heartbeat_interval", self.heartbeat_interval)
+        heartbeat = _at_least_floor("heartbeat_interval", self.heartbeat_interval)
         low = _seconds("election_timeout_min", self.election_timeout_min)
         high = _seconds("election_timeout_max", self.election_timeout_max)
         if low < 2 * heartbeat:
@@ -55,7 +75,7 @@ class Timing:
                 f"election_timeout_min ({low:g} s)"
             )
         timeout = heartbeat if self.operation_timeout is None else self.operation_timeout
-        timeout = _seconds("operation_timeout", timeout)
+        timeout = _at_least_floor("operation_timeout", timeout)
         if timeout > low - heartbeat:
             raise ConfigurationError(
                 f"operation_timeout ({timeout:g} s) must not exceed election_timeout_min minus "

@@ -25,7 +25,7 @@ from celery_leaderfeed.beat import Authority, LeaderScheduler, OwnElection, Work
 from celery_leaderfeed.election import Role
 from celery_leaderfeed.occurrences import EntryState, occurrence_id
 from celery_leaderfeed.shared_lease import SharedView
-from tests.helpers import wait_until
+from harness.helpers import wait_until
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 HEARTBEAT = 0.2

@@ -5,7 +5,7 @@ Each test runs its own election and queues on the session Redis, with short timi
 embedded beat sends the task; a fourth, never-faulted recorder worker (in an election of its
 own, without beat) runs it, so a run cannot be lost with a killed worker's prefetched messages.
 The task body records its occurrence id, coalesced list, term and sender in a Redis list, and
-:mod:`tests.occurrence_checker` judges the sends: no duplicates, and under the default
+:mod:`harness.occurrence_checker` judges the sends: no duplicates, and under the default
 ``run_once`` policy every nominal occurrence covered exactly once.
 """
 
@@ -27,8 +27,8 @@ import pytest
 import redis
 
 from celery_leaderfeed.backends import backend_from_url
-from tests.helpers import wait_until
-from tests.occurrence_checker import Report, Send, check
+from harness.helpers import wait_until
+from harness.occurrence_checker import Report, Send, check
 from tests.workers import CeleryProcess, wait_gone
 
 pytestmark = pytest.mark.celery_workers

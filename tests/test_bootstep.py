@@ -34,8 +34,8 @@ from celery_leaderfeed.bootstep import (
 from celery_leaderfeed.errors import ConfigurationError
 from celery_leaderfeed.shared_lease import segment_name
 from celery_leaderfeed.signals import leadership_gained, leadership_lost
+from harness.helpers import wait_until
 from tests.celery_apps.memory_app import make_app, store_url
-from tests.helpers import wait_until
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from celery_leaderfeed.backends.memory import memory_store
 from celery_leaderfeed.bootstep import worker_feed
 from celery_leaderfeed.cli import leaderfeed as leaderfeed_command
 from celery_leaderfeed.control import leaderfeed as inspect_leaderfeed
+from harness.helpers import closed_port_url
 from tests.celery_apps.memory_app import TIMING, make_app, store_url
-from tests.helpers import closed_port_url
 
 #: For the test that goes through the real ``celery`` command (``-A tests.test_control_cli``).
 cli_app = make_app("memory://")

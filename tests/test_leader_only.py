@@ -24,8 +24,8 @@ from celery_leaderfeed import LeaderFeed, leader_only
 from celery_leaderfeed.bootstep import worker_feed
 from celery_leaderfeed.decorators import SKIPPED, current_term
 from celery_leaderfeed.errors import ConfigurationError, NotLeaderError
+from harness.helpers import wait_until
 from tests.celery_apps.memory_app import TIMING, make_app, store_url
-from tests.helpers import wait_until
 
 
 @pytest.fixture

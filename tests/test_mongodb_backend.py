@@ -32,8 +32,8 @@ from celery_leaderfeed.backends.base import (
 from celery_leaderfeed.backends.mongodb import MongoBackend, documents
 from celery_leaderfeed.backends.mongodb import backend as mongodb_backend
 from celery_leaderfeed.record import CORRUPT_VERSION, MISSING_VERSION, RECORD_FORMAT, decode_record
+from harness.helpers import wait_until
 from tests.fixtures.mongodb_server import MongoFaultServer
-from tests.helpers import wait_until
 from tests.kits import BackendKit
 
 DEADLINE = 5.0

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.occurrence_checker import Send, check, due_of
+from harness.occurrence_checker import Send, check, due_of
 
 START = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 HALF = timedelta(seconds=0.5)

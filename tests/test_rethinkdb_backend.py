@@ -24,10 +24,10 @@ from celery_leaderfeed.backends import backend_class, backend_from_url
 from celery_leaderfeed.backends.base import Backend, DataChanged, FeedEvent, RecordChanged
 from celery_leaderfeed.backends.rethinkdb import RethinkBackend
 from celery_leaderfeed.record import CORRUPT_VERSION, MISSING_VERSION
+from harness.helpers import wait_until
+from harness.servers.rethinkdb_wire.process import RethinkDBWireServer, start_rethinkdb_wire_server
 from tests.fixtures.rethinkdb_server import TEST_PASSWORD, connect, database_of
-from tests.helpers import wait_until
 from tests.kits import BackendKit
-from tests.servers.rethinkdb_wire.process import RethinkDBWireServer, start_rethinkdb_wire_server
 
 DEADLINE = 5.0
 

@@ -22,7 +22,7 @@ from rethinkdb.errors import (
     ReqlUserError,
 )
 
-from tests.servers.rethinkdb_wire.process import start_rethinkdb_wire_server
+from harness.servers.rethinkdb_wire.process import start_rethinkdb_wire_server
 
 FEED_WAIT = 5.0  # deadline for a change to reach a feed (it normally takes ~1 ms)
 

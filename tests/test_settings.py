@@ -1,8 +1,12 @@
-"""Settings as a Celery app sees them: resolution order, validation, ``install`` and secrets."""
+"""Settings as a Celery app sees them: resolution order, validation, ``install`` and secrets.
+
+What a worker or beat process prints for a mistake is in ``test_bad_config.py``.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,9 +15,10 @@ from celery import Celery
 from celery.worker.control import conf as inspect_conf
 
 import celery_leaderfeed
+from celery_leaderfeed import LeaderFeed, Timing
 from celery_leaderfeed.bootstep import LeaderFeedStep
 from celery_leaderfeed.errors import ConfigurationError
-from celery_leaderfeed.settings import resolve_settings
+from celery_leaderfeed.settings import resolve_settings, unknown_settings
 
 SECRET = "PASSWORD-abc123"
 
@@ -121,6 +126,12 @@ def test_install_is_idempotent_and_adds_everything() -> None:
     }
     assert LeaderFeedStep in app.steps["worker"]
     assert resolve_settings(app).follower_policy == "skip"  # defaults come from resolve_settings
+    # beat takes those of them that mean something to a scheduler
+    assert {option.name for option in app.user_options["beat"]} == options - {
+        "leaderfeed_follower_policy",
+        "leaderfeed_retry_delay",
+    }
+    assert len(app.user_options["beat"]) == 6
 
 
 def test_a_plain_app_is_left_alone_until_installed() -> None:
@@ -142,3 +153,122 @@ def test_inspect_conf_and_report_hide_the_store_password() -> None:
     assert '"leaderfeed_backend": "redis://:********@localhost:6379/1"' in shown
     assert '"password": "********"' in shown  # inside leaderfeed_backend_options
     assert SECRET not in app.bugreport()  # `celery report`
+
+
+# -- timings that cannot work -------------------------------------------------------------------
+
+FAST = {"election_timeout_min": 0.06, "election_timeout_max": 0.09}
+
+
+@pytest.mark.parametrize(
+    ("timing", "named"),
+    [
+        pytest.param({"heartbeat_interval": 0.01}, "heartbeat_interval (0.01 s)", id="heartbeat"),
+        pytest.param(
+            {"heartbeat_interval": 0.02, "operation_timeout": 0.015},
+            "operation_timeout (0.015 s)",
+            id="operation-timeout",
+        ),
+    ],
+)
+def test_timings_below_a_store_round_trip_are_refused_by_the_engine(
+    timing: dict[str, float], named: str
+) -> None:
+    expected = f"{named} must be at least 0.02 s: a store round trip"
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        Timing(**FAST, **timing)
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        LeaderFeed("memory://floor", **FAST, **timing)
+
+
+def test_the_floor_itself_and_the_fastest_test_timings_are_accepted() -> None:
+    floor = Timing(heartbeat_interval=0.02, **FAST)
+    assert (floor.heartbeat_interval, floor.timeout) == (0.02, 0.02)
+    Timing(heartbeat_interval=0.04, election_timeout_min=0.15, election_timeout_max=0.25)
+
+
+def test_a_timing_error_names_the_setting_the_user_wrote() -> None:
+    app = new_app(leaderfeed_operation_timeout=0.005)
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_settings(app)
+    assert str(caught.value).startswith("leaderfeed_operation_timeout (0.005 s) must be at least")
+
+
+# -- settings no one reads ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("namespace", "key", "warning"),
+    [
+        pytest.param(
+            None,
+            "leaderfeed_hearbeat_interval",
+            "unknown setting leaderfeed_hearbeat_interval; "
+            "did you mean leaderfeed_heartbeat_interval?",
+            id="typo",
+        ),
+        pytest.param(
+            None,
+            "LEADERFEED_BACKEND",  # Celery reads only lowercase names without a namespace
+            "unknown setting LEADERFEED_BACKEND; did you mean leaderfeed_backend?",
+            id="uppercase",
+        ),
+        pytest.param(
+            "CELERY",
+            "CELERY_LEADERFEED_ELECTION_TIMEOUT",
+            "unknown setting CELERY_LEADERFEED_ELECTION_TIMEOUT; "
+            "did you mean CELERY_LEADERFEED_ELECTION_TIMEOUT_MIN?",
+            id="django-typo",
+        ),
+        pytest.param(
+            "CELERY",
+            "LEADERFEED_NAME",  # the namespace is missing
+            "unknown setting LEADERFEED_NAME; did you mean CELERY_LEADERFEED_NAME?",
+            id="django-without-namespace",
+        ),
+    ],
+)
+def test_a_key_no_setting_reads_is_named_with_the_closest_setting(
+    namespace: str | None, key: str, warning: str
+) -> None:
+    known = {"leaderfeed_name": "billing", "leaderfeed_backend": "memory://x"}
+    if namespace:
+        known = {f"{namespace}_{setting.upper()}": value for setting, value in known.items()}
+    app = Celery("proj", set_as_current=False)
+    app.config_from_object(SimpleNamespace(**known, **{key: 1}), namespace=namespace)
+    assert unknown_settings(app) == [warning]
+    assert resolve_settings(app).name == "billing"  # the spelling suggested is the one read
+
+
+def test_a_key_unlike_any_setting_lists_them_all() -> None:
+    (warning,) = unknown_settings(new_app(leaderfeed_zzz=1))
+    assert warning.startswith("unknown setting leaderfeed_zzz is ignored; the settings are ")
+    assert "leaderfeed_heartbeat_interval, " in warning
+
+
+def test_every_setting_and_unrelated_keys_pass_unremarked() -> None:
+    app = new_app(
+        leaderfeed_backend="memory://x",
+        leaderfeed_backend_options={},
+        leaderfeed_name="n",
+        leaderfeed_heartbeat_interval=0.5,
+        leaderfeed_election_timeout_min=1.5,
+        leaderfeed_election_timeout_max=2.0,
+        leaderfeed_operation_timeout=0.5,
+        leaderfeed_follower_policy="skip",
+        leaderfeed_retry_delay=1,
+        leaderfeed_misfire_policy="skip",
+        leaderfeed_catch_up_limit=3,
+        leaderfeed_beat_name="b",
+        beat_schedule={},
+        feed_url="unrelated",
+    )
+    assert unknown_settings(app) == []
+
+
+# -- stores other processes cannot see ----------------------------------------------------------
+
+
+def test_only_memory_stores_are_private_to_a_process() -> None:
+    assert not resolve_settings(new_app(leaderfeed_backend="memory://x")).shared_across_processes
+    assert resolve_settings(new_app()).shared_across_processes  # the Redis broker

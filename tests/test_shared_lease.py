@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from celery_leaderfeed.shared_lease import SharedLease
-from tests.helpers import wait_until
+from harness.helpers import wait_until
 
 DEADLINE = 10.0
 fork = multiprocessing.get_context("fork")

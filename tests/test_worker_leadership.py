@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,8 +31,8 @@ from celery.result import AsyncResult
 from celery_leaderfeed.backends import backend_from_url
 from celery_leaderfeed.decorators import SKIPPED
 from celery_leaderfeed.errors import NotLeaderError
-from tests.helpers import wait_until
-from tests.servers.redis_process import RedisServer
+from harness.helpers import wait_until
+from harness.servers.redis_process import RedisServer
 from tests.workers import REPO, CeleryProcess
 
 pytestmark = pytest.mark.celery_workers
@@ -491,5 +492,5 @@ def test_cli_and_inspect_never_print_the_store_password(cluster: Cluster) -> Non
     assert cluster.name in outputs["conf"]  # the CLI option reached app.conf
     assert '"role": "leader"' in outputs["leaderfeed"], outputs["leaderfeed"]
     assert '"role": "leader"' in outputs["stats"], outputs["stats"]
-    assert f"holder      {host}" in outputs["status"], outputs["status"]
+    assert re.search(rf"^holder +{re.escape(host)}$", outputs["status"], re.M), outputs["status"]
     assert "redis://:***@" in outputs["status"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers import wait_until
+from harness.helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,10 @@ runs unchanged against every backend.
 Subclasses implement the ``_``-prefixed methods (``_configure`` parses options at
 construction). The public methods wrap them so that every
 driver error listed in :attr:`Backend.connection_errors` reaches the engine as
-:class:`~celery_leaderfeed.errors.BackendUnavailable`, with the password hidden.
+:class:`~celery_leaderfeed.errors.BackendUnavailable`, with the password hidden - or, when
+:meth:`Backend._refusal` recognises one that retrying cannot fix (credentials, TLS, a key of
+the wrong type...), as :class:`~celery_leaderfeed.errors.StoreRefused` naming the cause and
+the fix.
 """
 
 from __future__ import annotations
@@ -39,15 +42,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import BackendUnavailable, ConfigurationError
+from ..errors import BackendUnavailable, ConfigurationError, StoreRefused
 from ..record import Observation, WriteResult
-from ..urls import redact_url, redact_urls_in
+from ..urls import redact, redact_url
 
 __all__ = [
     "Backend",
     "DataChanged",
     "FeedEvent",
     "RecordChanged",
+    "Refusal",
     "Subscription",
 ]
 
@@ -71,6 +75,16 @@ class DataChanged:
 
 
 FeedEvent = RecordChanged | DataChanged
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a store refuses us for good, in words for an operator (never with a password)."""
+
+    #: What the store refused, e.g. "the store refused the password for user 'default'".
+    cause: str
+    #: What to change, e.g. "check the user and password in leaderfeed_backend".
+    fix: str
 
 
 class Subscription(abc.ABC):
@@ -99,6 +113,9 @@ class Backend(abc.ABC):
     connection_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Options accepted in ``options`` (anything else is a configuration error).
     option_names: ClassVar[frozenset[str]] = frozenset()
+    #: False for a store that lives inside one process (``memory://``): members in other
+    #: processes (other workers, an embedded beat) cannot see its election.
+    shared_across_processes: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -150,6 +167,22 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.display_url} name={self.name!r}>"
+
+    def redact(self, text: str) -> str:
+        """``text`` (a driver's message, say) without this backend's password in any form."""
+        return redact(text, self.url)
+
+    def shown_cause(self, exc: BaseException) -> BaseException | None:
+        """``exc`` to chain with ``raise ... from``, or None when a traceback would print a
+        password: when its message, or that of an error it chains, shows one."""
+        seen: set[int] = set()
+        link: BaseException | None = exc
+        while link is not None and id(link) not in seen:
+            seen.add(id(link))
+            if self.redact(str(link)) != str(link):
+                return None
+            link = link.__cause__ or link.__context__
+        return exc
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -223,14 +256,38 @@ class Backend(abc.ABC):
 
     @contextlib.contextmanager
     def mapped_errors(self, operation: str) -> Iterator[None]:
-        """Turn this driver's errors into :class:`BackendUnavailable`, password hidden."""
+        """Turn this driver's errors into :class:`BackendUnavailable` (or
+        :class:`StoreRefused`, see :meth:`_refusal`), password hidden."""
         try:
             yield
         except BackendUnavailable:
             raise
         except self.connection_errors as exc:
-            detail = redact_urls_in(f"{type(exc).__name__}: {exc}")
-            raise BackendUnavailable(f"{operation} failed on {self.display_url}: {detail}") from exc
+            detail = self.redact(f"{type(exc).__name__}: {exc}")
+            cause = self.shown_cause(exc)
+            refusal = self._refusal(exc, operation)
+            if refusal is not None:
+                raise self.refused(refusal, f"{operation}: {detail}") from cause
+            raise BackendUnavailable(
+                f"{operation} failed on {self.display_url}: {detail}"
+            ) from cause
+
+    def refused(self, refusal: Refusal, detail: str) -> StoreRefused:
+        """The :class:`StoreRefused` for ``refusal``; ``detail`` is the driver's redacted words."""
+        return StoreRefused(
+            self.redact(f"{refusal.cause} at {self.display_url}: {refusal.fix} ({detail})"),
+            cause=refusal.cause,
+            fix=refusal.fix,
+        )
+
+    def _refusal(self, exc: BaseException, operation: str) -> Refusal | None:
+        """A driver error that retrying cannot fix, described; None for one that may heal.
+
+        Backends override this for their driver's permanent errors (credentials, permissions,
+        TLS, data of the wrong type). The base class knows none: every error is retried.
+        """
+        del exc, operation
+        return None
 
     # -- what a backend implements -----------------------------------------------------------
 

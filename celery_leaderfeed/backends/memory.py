@@ -205,6 +205,7 @@ class MemoryBackend(Backend):
 
     schemes = ("memory",)
     option_names = frozenset({"store"})
+    shared_across_processes = False
 
     def _configure(self) -> None:
         store = self.options.get("store")

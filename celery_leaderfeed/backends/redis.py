@@ -10,9 +10,12 @@ resigned or changed. Needs Redis >= 5 (scripts replicated by effects, so ``TIME`
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol, cast
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -20,7 +23,8 @@ from redis.retry import Retry
 
 from ..errors import BackendUnavailable, ConfigurationError
 from ..record import Observation, WriteResult, decode_record
-from .base import Backend, FeedEvent, RecordChanged, Subscription
+from ..urls import MISREAD_USERINFO, misread_userinfo, url_error
+from .base import Backend, FeedEvent, RecordChanged, Refusal, Subscription
 
 __all__ = ["RedisBackend"]
 
@@ -158,6 +162,30 @@ return 1
 )
 
 
+#: Error replies that may heal by themselves (a replica promoted, memory freed, a script ended):
+#: the classes redis-py maps them to, and the codes of those it leaves as ResponseError.
+_TRANSIENT_REPLIES = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.AskError,
+    redis.exceptions.NoScriptError,
+)
+_TRANSIENT_CODES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "OOM", "READONLY", "TRYAGAIN")
+_AUTH_ERRORS = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during (redis-py wraps socket errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def _text(value: object) -> str | None:
     if value is None or value is False:
         return None
@@ -209,15 +237,112 @@ class RedisBackend(Backend):
         self._owns_client = client is None
         self._client: redis.Redis | None = client
         if client is None:
+            if misread_userinfo(self.url):  # redis-py would send a piece of it to the "host"
+                raise ConfigurationError(
+                    f"invalid Redis URL {self.display_url!r}: {MISREAD_USERINFO}"
+                )
             try:
                 # Parse now so a malformed URL fails at construction, not in a thread later.
                 self._client = self._build_client()
             except ValueError as exc:
-                raise ConfigurationError(f"invalid Redis URL {self.display_url!r}: {exc}") from None
+                raise ConfigurationError(
+                    f"invalid Redis URL {self.display_url!r}: {url_error(self.url, exc)}"
+                ) from None
         self._scripts: dict[str, Any] = {}
 
+    # -- errors retrying cannot fix --------------------------------------------------------------
+
+    def _refusal(self, exc: BaseException, operation: str) -> Refusal | None:
+        return (
+            self._auth_refusal(exc) or self._tls_refusal(exc) or self._reply_refusal(exc, operation)
+        )
+
+    def _auth_refusal(self, exc: BaseException) -> Refusal | None:
+        parts = urlsplit(self.url)
+        user = parts.username or "default"
+        has_password = parts.password is not None or "password" in parse_qs(parts.query)
+        fix = "check the user and password in the backend URL (leaderfeed_backend)"
+        if isinstance(exc, redis.exceptions.AuthenticationWrongNumberOfArgsError):
+            return Refusal(
+                f"the store takes a password but no user name (Redis < 6), and the URL names "
+                f"user {user!r}",
+                "drop the user name from the backend URL, keeping the colon and password",
+            )
+        if isinstance(exc, _AUTH_ERRORS):
+            if not has_password:
+                return Refusal(
+                    "the store requires a password and the backend URL gives none",
+                    "add the password to the backend URL (leaderfeed_backend)",
+                )
+            if "without any password configured" in str(exc):
+                return Refusal(
+                    "the backend URL gives a password but the store has none set",
+                    "remove the password from the backend URL or set one in the store",
+                )
+            return Refusal(f"the store refused the password for user {user!r}", fix)
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            return Refusal(
+                f"the store denies user {user!r} a command or key leaderfeed needs",
+                f"grant it EVAL, EVALSHA, SCRIPT, PING, HGETALL, PUBLISH and SUBSCRIBE on the "
+                f"keys and channels {self.record_key.rsplit(':', 1)[0]}:*",
+            )
+        return None
+
+    def _tls_refusal(self, exc: BaseException) -> Refusal | None:
+        for link in _chain(exc):
+            if isinstance(link, ssl.SSLCertVerificationError):
+                return Refusal(
+                    f"the store's TLS certificate was not accepted "
+                    f"({getattr(link, 'verify_message', None) or link})",
+                    "name the CA that signed it with ?ssl_ca_certs=/path/ca.pem in the backend URL",
+                )
+            if isinstance(link, ssl.SSLError):
+                return Refusal(
+                    f"TLS with the store failed ({getattr(link, 'reason', None) or link})",
+                    "use rediss:// only for a TLS port and redis:// for a plain one",
+                )
+            if urlsplit(self.url).scheme == "rediss" and "handshake" in str(link):
+                # A plain Redis waits for a command line and never answers a TLS hello.
+                return Refusal(
+                    "the store did not answer the TLS handshake (a plain, non-TLS server?)",
+                    "use redis:// instead of rediss:// in the backend URL if the server has no TLS",
+                )
+        return None
+
+    def _reply_refusal(self, exc: BaseException, operation: str) -> Refusal | None:
+        if not isinstance(exc, redis.ResponseError) or isinstance(exc, _TRANSIENT_REPLIES):
+            return None
+        text = str(exc)
+        if text.startswith(_TRANSIENT_CODES):
+            return None
+        if "WRONGTYPE" in text:
+            key, kind = (
+                (self.schedule_key, "a hash")
+                if "schedule" in operation
+                else (self.record_key, "a string")
+            )
+            return Refusal(
+                f"key {key!r} holds another type of value than leaderfeed keeps there ({kind})",
+                "delete that key (it holds only leaderfeed's state) or give this election "
+                "another name or key_prefix",
+            )
+        if "DB index" in text:
+            client = self._client
+            database = client.connection_pool.connection_kwargs.get("db") if client else "?"
+            return Refusal(
+                f"the store has no database {database}",
+                "use a database number below the store's 'databases' setting in the backend URL",
+            )
+        if "unknown command" in text:
+            return Refusal(
+                "the store does not know a command leaderfeed needs",
+                "use Redis >= 5 with Lua scripting and pub/sub",
+            )
+        return Refusal("the store rejected a command", "see the store's reply that follows")
+
     def _build_client(self) -> redis.Redis:
-        return redis.Redis.from_url(
+        # Annotated: under some redis-py releases mypy sees the class as Any.
+        client: redis.Redis = redis.Redis.from_url(
             self.url,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
@@ -227,6 +352,7 @@ class RedisBackend(Backend):
             retry_on_timeout=False,
             client_name=f"leaderfeed:{self.name}",
         )
+        return client
 
     @property
     def client(self) -> redis.Redis:
@@ -256,7 +382,7 @@ class RedisBackend(Backend):
     def _close(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._owns_client:
-            client.close()
+            cast(_Closeable, client).close()  # unannotated before redis-py 6
 
     # -- the record ----------------------------------------------------------------------------
 
@@ -287,7 +413,8 @@ class RedisBackend(Backend):
     # -- schedule state ------------------------------------------------------------------------
 
     def _read_entries(self) -> dict[str, str]:
-        stored = self.client.hgetall(self.schedule_key)
+        # Older redis-py types the reply as "dict or Awaitable"; a sync client returns the dict.
+        stored = cast("Mapping[bytes | str, bytes | str]", self.client.hgetall(self.schedule_key))
         return {_text(key) or "": _text(value) or "" for key, value in stored.items()}
 
     def _write_entry(
@@ -306,12 +433,27 @@ class RedisBackend(Backend):
         return _RedisSubscription(self)
 
 
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+class _PubSub(_Closeable, Protocol):
+    """What is used of redis-py's ``PubSub``, typed the same under every supported release
+    (older releases leave ``Redis.pubsub()`` and most ``PubSub`` methods unannotated)."""
+
+    def subscribe(self, *channels: str) -> object: ...
+
+    def get_message(self, *, timeout: float) -> dict[str, Any] | None: ...
+
+    def ping(self, message: str) -> object: ...
+
+
 class _RedisSubscription(Subscription):
     """Pub/sub on the election's channel, with its own PING to notice a silent connection."""
 
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
-        self._pubsub = backend.client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = cast("Callable[[], _PubSub]", backend.client.pubsub)()
         self._ping_every = max(backend.timeout, 0.5)
         self._ping_sent_at: float | None = None
         self._ping_payload = uuid.uuid4().hex

@@ -16,7 +16,7 @@ import pytest
 from celery_leaderfeed import BackendUnavailable, LeaderFeed
 from celery_leaderfeed.backends.base import Backend, RecordChanged
 from celery_leaderfeed.record import CORRUPT_VERSION, MISSING_VERSION, Observation
-from tests.helpers import wait_until
+from harness.helpers import wait_until
 from tests.kits import BackendKit
 
 FEED_DEADLINE = 5.0

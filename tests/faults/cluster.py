@@ -11,8 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.faults.checker import Act, first_act_after, leader_at_end, load_acts, violations
-from tests.helpers import wait_until
+from harness.fault_checker import Act, first_act_after, leader_at_end, load_acts, violations
+from harness.helpers import wait_until
 from tests.kits import FaultServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ class MemberCluster:
 
     def start(self, member_id: str) -> subprocess.Popen[bytes]:
         command = [
-            sys.executable, "-m", "tests.faults.member",
+            sys.executable, "-m", "harness.fault_member",
             "--url", self.server.url, "--options", json.dumps(dict(self.server.options)),
             "--name", self.name, "--id", member_id, "--acts", str(self.acts_path),
             "--heartbeat", str(HEARTBEAT), "--min", str(LOW), "--max", str(HIGH),

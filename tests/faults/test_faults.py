@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.checker import first_act_after, tenures
+from harness.fault_checker import first_act_after, tenures
+from harness.helpers import wait_until
 from tests.faults.cluster import HEARTBEAT, HIGH, LOW, SLACK, MemberCluster
-from tests.helpers import wait_until
 from tests.kits import FaultServer
 
 pytestmark = pytest.mark.faults

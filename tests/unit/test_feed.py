@@ -19,7 +19,7 @@ from celery_leaderfeed import (
     Status,
 )
 from celery_leaderfeed.backends.memory import MemoryStore, memory_store
-from tests.helpers import wait_until
+from harness.helpers import wait_until
 
 FAST = {"heartbeat_interval": 0.05, "election_timeout_min": 0.15, "election_timeout_max": 0.25}
 

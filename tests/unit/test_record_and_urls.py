@@ -10,7 +10,7 @@ from celery_leaderfeed import ConfigurationError
 from celery_leaderfeed.backends import backend_class, register_backend
 from celery_leaderfeed.backends.memory import MemoryBackend
 from celery_leaderfeed.record import LeaderRecord, decode_record
-from celery_leaderfeed.urls import redact_url, redact_urls_in
+from celery_leaderfeed.urls import redact, redact_url, redact_urls_in, url_error
 
 VALID = LeaderRecord("a", "tok", 7, 9, nominee="b", renewed_at=1.5)
 
@@ -52,9 +52,25 @@ def test_anything_else_is_refused_with_a_reason(raw: str | bytes) -> None:
         ("redis://user:hunter2@host/0", "redis://user:***@host/0"),
         ("mongodb://u:hunter2@a,b/db?authSource=x", "mongodb://u:***@a,b/db?authSource=x"),
         ("rethinkdb://admin:hunter2@h:28015/db", "rethinkdb://admin:***@h:28015/db"),
-        ("redis://host/0?password=hunter2&db=1", "redis://host/0?password=***&db=1"),
+        ("redis://host/0?db=1&password=hunter2", "redis://host/0?db=1&password=***"),
+        # An unencoded '&' may belong to the password: hidden up to the end of the URL.
+        ("redis://host/0?password=hunt&er2&db=1", "redis://host/0?password=***"),
+        (
+            "mongodb://h/?tlsCertificateKeyFilePassword=hunter2",
+            "mongodb://h/?tlsCertificateKeyFilePassword=***",
+        ),
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("redis://user@host/0", "redis://user@host/0"),
+        ("unix://:hunter2@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        # Unencoded reserved characters: user-info runs to the last '@', whatever parsers say.
+        ("redis://:hun/ter2@host/0", "redis://:***@host/0"),
+        ("redis://:hun#ter2@host/0", "redis://:***@host/0"),
+        ("redis://u:hun?ter2@host/0", "redis://u:***@host/0"),
+        ("redis://u:hun@ter2@host/0", "redis://u:***@host/0"),
+        ("redis://:hun:ter 2@host/0", "redis://:***@host/0"),
+        # Not a URL any parser reads: everything before the last '@' is hidden.
+        ("redis:/:hunter2@host/0", "***@host/0"),
+        (":hunter2@host", "***@host"),
     ],
 )
 def test_passwords_are_hidden(url: str, expected: str) -> None:
@@ -66,6 +82,26 @@ def test_passwords_are_hidden_inside_free_text() -> None:
     cleaned = redact_urls_in(text)
     assert "hunter2" not in cleaned and "p4ss" not in cleaned and "abc" not in cleaned
     assert "redis://:***@h:1/0" in cleaned
+
+
+def test_a_known_url_is_hidden_in_every_form_a_driver_may_quote() -> None:
+    url = "redis://:hunter%20two%2Fthree@h/0"  # the password is "hunter two/three"
+    message = (
+        "cannot connect to redis://:hunter%20two%2Fthree@h/0 with 'hunter two/three' "
+        "(port 'hunter', then 'three')"
+    )
+    cleaned = redact(message, url)
+    for shown in ("hunter", "three", "%20two"):
+        assert shown not in cleaned, cleaned
+    assert "redis://:***@h/0" in cleaned
+
+
+def test_a_parse_error_names_the_unencoded_character_never_the_password() -> None:
+    url = "redis://:abcd/efgh@h:6379/0"
+    told = url_error(url, ValueError("Port could not be cast to integer value as 'abcd'"))
+    assert "percent-encode" in told and "abcd" not in told and "efgh" not in told
+    told = url_error("redis://:abcd@h:x/0", ValueError("Port ... as 'x', near 'abcd'"))
+    assert "abcd" not in told and "'x'" in told
 
 
 def test_a_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

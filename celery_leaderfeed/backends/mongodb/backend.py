@@ -11,15 +11,20 @@ from urllib.parse import unquote, urlsplit
 import pymongo
 from pymongo import MongoClient, ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 from pymongo.read_concern import ReadConcern
 from pymongo.uri_parser import parse_uri
 from pymongo.write_concern import WriteConcern
 
 from ...errors import BackendUnavailable, ConfigurationError
 from ...record import CORRUPT_VERSION, MISSING_VERSION, RECORD_FORMAT, Observation, WriteResult
-from ...urls import redact_urls_in, url_scheme
-from ..base import Backend, Subscription
+from ...urls import url_error, url_scheme, without_userinfo
+from ..base import Backend, Refusal, Subscription
 from .documents import (
     NAMESPACE_EXISTS,
     NEXT_VERSION,
@@ -40,6 +45,11 @@ from .feeds import CappedFeed, ChangeStreamFeed
 __all__ = ["MongoBackend"]
 
 logger = logging.getLogger(__name__)
+
+#: Server error codes that no retry changes: AuthenticationFailed, UserNotFound, Atlas's "bad
+#: auth"; then Unauthorized (no user, or one without the privilege).
+_AUTH_FAILED = frozenset({18, 11, 8000})
+_UNAUTHORIZED = 13
 
 
 class MongoBackend(Backend):
@@ -78,17 +88,45 @@ class MongoBackend(Backend):
         self._records: Collection[Doc] | None = None
         self._events: Collection[Doc] | None = None
 
+    def _refusal(self, exc: BaseException, operation: str) -> Refusal | None:
+        del operation
+        user = urlsplit(self.url).username
+        if isinstance(exc, OperationFailure) and exc.code in _AUTH_FAILED:
+            return Refusal(
+                f"the store refused the credentials of user {user!r}",
+                "check the user, password and authSource in the backend URL (leaderfeed_backend)",
+            )
+        if isinstance(exc, OperationFailure) and exc.code == _UNAUTHORIZED:
+            who = "without a user" if user is None else f"for user {user!r}"
+            return Refusal(
+                f"the store does not allow what leaderfeed needs {who}",
+                f"give a user with readWrite on database {self.database_name!r} in the backend "
+                f"URL (mongodb://USER:PASSWORD@host/?authSource=...)",
+            )
+        if isinstance(exc, pymongo.errors.ConfigurationError):
+            return Refusal(
+                "the MongoDB driver rejects the connection settings",
+                "fix the backend URL's options (leaderfeed_backend)",
+            )
+        if isinstance(exc, ServerSelectionTimeoutError) and "SSL handshake failed" in str(exc):
+            return Refusal(
+                "TLS with the store failed (a TLS client to a plain server, or a certificate "
+                "not trusted?)",
+                "set tls=true only for a TLS server, and tlsCAFile for its CA, in the backend URL",
+            )
+        return None
+
     def _url_database(self) -> str | None:
         if url_scheme(self.url) == "mongodb":  # parsing mongodb+srv:// would need DNS
             try:
                 database = parse_uri(self.url)["database"]
             except (PyMongoError, ValueError, TypeError) as exc:
-                detail = redact_urls_in(str(exc))
                 raise ConfigurationError(
-                    f"invalid MongoDB URL {self.display_url!r}: {detail}"
+                    f"invalid MongoDB URL {self.display_url!r}: {url_error(self.url, exc)}"
                 ) from None
             return database if isinstance(database, str) else None
-        return unquote(urlsplit(self.url).path.lstrip("/")) or None
+        # Without the user-info: a password with an unencoded '/' must not become the name.
+        return unquote(urlsplit(without_userinfo(self.url)).path.lstrip("/")) or None
 
     def _deadline(self) -> AbstractContextManager[None]:
         """Bound everything inside by ``timeout``; nested blocks share the outer deadline."""
@@ -104,12 +142,17 @@ class MongoBackend(Backend):
     def _connect(self) -> None:
         if self._client is None:  # here, not in __init__: pymongo clients are not fork-safe
             millis = max(1, int(self.timeout * 1000))
-            self._client = MongoClient(
-                self.url,
-                serverSelectionTimeoutMS=millis,
-                connectTimeoutMS=millis,
-                appname=f"leaderfeed:{self.name}",
-            )
+            try:
+                self._client = MongoClient(
+                    self.url,
+                    serverSelectionTimeoutMS=millis,
+                    connectTimeoutMS=millis,
+                    appname=f"leaderfeed:{self.name}",
+                )
+            except (ValueError, TypeError) as exc:  # mongodb+srv:// is parsed only here
+                raise ConfigurationError(
+                    f"invalid MongoDB URL {self.display_url!r}: {url_error(self.url, exc)}"
+                ) from None
         with self._deadline():
             hello = self._client.admin.command("hello")
         replicated = "setName" in hello or hello.get("msg") == "isdbgrid"

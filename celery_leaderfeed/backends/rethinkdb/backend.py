@@ -10,17 +10,18 @@ from typing import Any, TypeVar
 
 from rethinkdb import r
 from rethinkdb.errors import (
+    ReqlAuthError,
     ReqlCompileError,
     ReqlError,
     ReqlOpFailedError,
+    ReqlPermissionError,
     ReqlRuntimeError,
     ReqlTimeoutError,
 )
 
 from ...errors import BackendUnavailable, ConfigurationError
 from ...record import RECORD_FORMAT, Observation, WriteResult
-from ...urls import redact_urls_in
-from ..base import Backend, DataChanged, FeedEvent, Subscription
+from ..base import Backend, DataChanged, FeedEvent, Refusal, Subscription
 from .connection import (
     DEFAULT_TABLE,
     NAME_PATTERN,
@@ -129,7 +130,28 @@ class RethinkBackend(Backend):
         except ReqlError as exc:
             timed_out = isinstance(exc, ReqlTimeoutError)
             detail = f"no answer within {self.timeout:g} s" if timed_out else describe(exc)
-            raise BackendUnavailable(redact_urls_in(f"{self.display_url}: {detail}")) from exc
+            cause = self.shown_cause(exc)
+            refusal = self._refusal(exc, "")
+            if refusal is not None:
+                raise self.refused(refusal, self.redact(detail)) from cause
+            raise BackendUnavailable(self.redact(f"{self.display_url}: {detail}")) from cause
+
+    def _refusal(self, exc: BaseException, operation: str) -> Refusal | None:
+        del operation
+        if isinstance(exc, ReqlAuthError):
+            unknown = "unknown user" in str(exc.message).lower()
+            return Refusal(
+                f"the store has no user {self.user!r}"
+                if unknown
+                else f"the store refused the password for user {self.user!r}",
+                "check the user and password in the backend URL (leaderfeed_backend)",
+            )
+        if isinstance(exc, ReqlPermissionError):
+            return Refusal(
+                f"the store does not allow user {self.user!r} what leaderfeed needs",
+                f"grant it read, write and config on database {self.db!r}",
+            )
+        return None
 
     def _with_tables(self, attempt: Callable[[], T], deadline: float) -> T:
         """``attempt()``; if the server lost our database or table since create() (it restarted

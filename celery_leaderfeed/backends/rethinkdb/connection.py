@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 from rethinkdb.errors import ReqlError
 
 from ...errors import ConfigurationError
+from ...urls import MISREAD_USERINFO, misread_userinfo, url_error
 
 DEFAULT_PORT = 28015
 DEFAULT_DB = "leaderfeed"
@@ -21,16 +22,23 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # RethinkDB's database and table n
 
 def parse_url(url: str, shown: str) -> tuple[str, int, str, str, str]:
     """host, port, user, password, database of a ``rethinkdb://`` URL (``shown``: redacted)."""
+    if misread_userinfo(url):  # urlsplit would take a piece of the password for the host
+        raise ConfigurationError(f"invalid RethinkDB URL {shown!r}: {MISREAD_USERINFO}")
     try:
         parts = urlsplit(url)
         port = parts.port or DEFAULT_PORT
     except ValueError as exc:
-        raise ConfigurationError(f"invalid RethinkDB URL {shown!r}: {exc}") from None
+        raise ConfigurationError(
+            f"invalid RethinkDB URL {shown!r}: {url_error(url, exc)}"
+        ) from None
     if parts.query or parts.fragment:
-        raise ConfigurationError(f"a RethinkDB URL takes no query string or fragment: {shown!r}")
+        # A '?' or '#' left unencoded in the password lands here too: say so, never show it.
+        problem = url_error(url, ValueError("it takes no query string or fragment"))
+        raise ConfigurationError(f"invalid RethinkDB URL {shown!r}: {problem}")
     db = unquote(parts.path.strip("/")) or DEFAULT_DB
     if not NAME_PATTERN.fullmatch(db):
-        raise ConfigurationError(f"the database in {shown!r} must be a RethinkDB name: {db!r}")
+        problem = url_error(url, ValueError(f"the database must be a RethinkDB name: {db!r}"))
+        raise ConfigurationError(f"invalid RethinkDB URL {shown!r}: {problem}")
     user = unquote(parts.username) if parts.username else "admin"
     password = unquote(parts.password) if parts.password else ""
     return parts.hostname or "localhost", port, user, password, db

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BackendUnavailable
-from ...urls import redact_urls_in
 from ..base import DataChanged, FeedEvent, RecordChanged, Subscription
 from .connection import bound, close_quietly, describe, socket_of
 from .queries import Term, observation_of
@@ -109,7 +108,7 @@ class RethinkSubscription(Subscription):
         if isinstance(error, BackendUnavailable):
             raise error
         detail = f"the changefeed on {self._backend.display_url} broke: {describe(error)}"
-        raise BackendUnavailable(redact_urls_in(detail)) from error
+        raise BackendUnavailable(self._backend.redact(detail)) from self._backend.shown_cause(error)
 
     def close(self) -> None:
         self._closed = True

@@ -1,5 +1,5 @@
 """A small in-memory RethinkDB *test double* that speaks the real wire protocol.
 
 Only for tests: see README.md for the supported subset.  Start one with
-:func:`tests.servers.rethinkdb_wire.process.start_rethinkdb_wire_server`.
+:func:`harness.servers.rethinkdb_wire.process.start_rethinkdb_wire_server`.
 """

@@ -1,4 +1,4 @@
-"""``python -m tests.servers.rethinkdb_wire --host 127.0.0.1 --port PORT [--password PW]``"""
+"""``python -m harness.servers.rethinkdb_wire --host 127.0.0.1 --port PORT [--password PW]``"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .server import WireServer
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.servers.rethinkdb_wire",
+        prog="python -m harness.servers.rethinkdb_wire",
         description="In-memory RethinkDB wire-protocol TEST DOUBLE (see README.md).",
     )
     parser.add_argument("--host", default="127.0.0.1")

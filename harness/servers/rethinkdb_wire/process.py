@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.helpers import wait_until
+from harness.helpers import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 START_TIMEOUT = 15.0
@@ -68,7 +68,7 @@ class RethinkDBWireServer:
         command = [
             sys.executable,
             "-m",
-            "tests.servers.rethinkdb_wire",
+            "harness.servers.rethinkdb_wire",
             "--host",
             self.host,
             "--port",

@@ -22,7 +22,7 @@ from pathlib import Path
 import pymongo
 from pymongo.errors import PyMongoError
 
-from tests.helpers import free_port, wait_until
+from harness.helpers import free_port, wait_until
 
 START_DEADLINE = 30.0
 

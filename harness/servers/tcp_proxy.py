@@ -14,7 +14,7 @@ import contextlib
 import socket
 import threading
 
-from tests.helpers import free_port
+from harness.helpers import free_port
 
 
 class _Pair:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from tests.helpers import free_port, wait_until
+from harness.helpers import free_port, wait_until
 
 
 class RedisServer:

@@ -1,0 +1,137 @@
+"""The targets: every bound is defined here once, and judged against a results file.
+
+:func:`targets` gives the rows of the page's targets table (``python -m bench`` also prints
+them); the failover table and the lists of slow trials use the same bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.stats import ms, pct, sec
+
+#: Graceful handover on Redis: the median, in seconds.
+HANDOVER_MEDIAN = 0.050
+#: Crash failover on Redis: the slowest trial may exceed election_timeout_max by this much.
+FAILOVER_SLACK = 0.100
+#: The busier idle follower process at N = 3 on Redis, in % of one core.
+IDLE_CPU_PCT = 1.0
+#: 200 members on Redis hold one leader within this many election timeouts (upper end).
+CONVERGE_TIMEOUTS = 2
+CONVERGE_MEMBERS = "200"
+
+Row = list[str]
+
+
+def failover_bound(timing: dict[str, float]) -> float:
+    return timing["election_timeout_max"] + FAILOVER_SLACK
+
+
+def verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("**MET**" if ok else "**MISSED**")
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _row(label: str, measured: str | None, ok: bool | None) -> Row:
+    return [label, measured or "-", verdict(None if measured is None else ok)]
+
+
+def _handover(results: dict[str, Any]) -> list[Row]:
+    label = f"Graceful handover median <= {HANDOVER_MEDIAN * 1000:g} ms (Redis)"
+    s = _get(results, "handover", "backends", "redis", "summary")
+    if not s:
+        return [_row(label, None, None)]
+    measured = f"median {ms(s['median'])} (p95 {ms(s['p95'])}, max {ms(s['max'])}, {s['n']} trials)"
+    return [_row(label, measured, s["median"] <= HANDOVER_MEDIAN)]
+
+
+def _failover(results: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name, timing in (_get(results, "failover", "settings") or {}).items():
+        bound = failover_bound(timing)
+        label = (
+            f"Crash failover <= election timeout max + {FAILOVER_SLACK * 1000:g} ms = "
+            f"{bound:.2f} s (Redis, heartbeat {timing['heartbeat_interval']:g} s, timeout "
+            f"{timing['election_timeout_min']:g}-{timing['election_timeout_max']:g} s)"
+        )
+        s = _get(results, "failover", "backends", "redis", name, "summary")
+        measured = s and (
+            f"max {sec(s['max'], 3)} (median {sec(s['median'], 3)}, p95 {sec(s['p95'], 3)}, "
+            f"{s['n']} trials)"
+        )
+        rows.append(_row(label, measured, bool(s) and s["max"] <= bound))
+    return rows
+
+
+def _periodic(results: dict[str, Any]) -> list[Row]:
+    rows = []
+    for profile in ("default", "fast"):
+        label = (
+            "Zero duplicate and zero lost runs across kill -9, SIGTERM and SIGSTOP, default "
+            f"misfire policy run_once (celery-leaderfeed, {profile} timing)"
+        )
+        windows = _get(results, "periodic", "sessions", f"leaderfeed/{profile}", "windows")
+        if not windows:
+            rows.append(_row(label, None, None))
+            continue
+        total = {k: sum(w["headers"][k] for w in windows) for k in ("duplicates", "lost")}
+        coalesced = sum(w["headers"]["coalesced"] for w in windows)
+        measured = (
+            f"{total['duplicates']} duplicate, {total['lost']} lost "
+            f"({sum(w['sends'] for w in windows)} sends; {coalesced} coalesced)"
+        )
+        rows.append(_row(label, measured, not any(total.values())))
+    return rows
+
+
+def _idle(results: dict[str, Any]) -> list[Row]:
+    idle = _get(results, "cost", "backends", "redis", "3", "steady", "cpu_pct_idle_follower")
+    heartbeat = _get(results, "cost", "settings", "heartbeat_interval") or 0.25
+    label = f"An idle member <= {IDLE_CPU_PCT:g} % of a core at a {heartbeat:g} s heartbeat (Redis)"
+    measured: str | None = f"{pct(idle)} of a core (the busier idle follower process of N = 3)"
+    if idle is None:
+        measured = None
+    return [_row(label, measured, idle is not None and idle <= IDLE_CPU_PCT)]
+
+
+def _converge(results: dict[str, Any]) -> list[Row]:
+    label = (
+        f"{CONVERGE_MEMBERS} members converge to one leader within {CONVERGE_TIMEOUTS} "
+        "election timeouts"
+    )
+    cold = _get(results, "cost", "backends", "redis", CONVERGE_MEMBERS, "cold_start")
+    high = _get(results, "cost", "settings", "election_timeout_max")
+    if not cold or not high:
+        return [_row(label, None, None)]
+    bound = CONVERGE_TIMEOUTS * high
+    measured = (
+        f"one member holds the record after {sec(cold['holds_s'], 3)}, the leader may act after "
+        f"{sec(cold['acts_s'], 3)}; {cold['leaders']} member(s) ever held it; "
+        f"{cold['claims']} claims sent, {cold['claims_won']} won"
+    )
+    ok = cold["leaders"] == 1 and max(cold["holds_s"], cold["acts_s"]) <= bound
+    return [_row(f"{label} ({CONVERGE_TIMEOUTS} x {high:g} s = {bound:g} s; Redis)", measured, ok)]
+
+
+#: The targets, in the order the page lists them.
+TARGETS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
+    _handover,
+    _failover,
+    _periodic,
+    _idle,
+    _converge,
+)
+
+
+def targets(results: dict[str, Any]) -> list[Row]:
+    """``[target, measured, verdict]`` for every target."""
+    return [row for judge in TARGETS for row in judge(results)]
