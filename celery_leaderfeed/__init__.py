@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from .backends import backend_from_url, register_backend
 from .backends.base import Backend, DataChanged, RecordChanged, Subscription
-from .election import Lease, Role, Stats
+from .engine.election import Lease, Role, Stats
+from .engine.feed import LeaderFeed, Status
+from .engine.listeners import Event
 from .errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -21,15 +23,13 @@ from .errors import (
     NotLeaderError,
     StoreRefused,
 )
-from .feed import LeaderFeed, Status
-from .listeners import Event
 from .record import LeaderRecord, Observation, WriteResult
 from .timing import Timing
 
 if TYPE_CHECKING:
-    from .bootstep import LeaderFeedStep
-    from .decorators import current_term, leader_only
-    from .integration import install
+    from .celery.bootstep import LeaderFeedStep
+    from .celery.decorators import current_term, leader_only
+    from .celery.install import install
 
 __version__ = "0.1.0"
 
@@ -65,10 +65,10 @@ __all__ = [
 
 # Celery-dependent names, imported lazily so the engine works without Celery installed.
 _LAZY = {
-    "LeaderFeedStep": "celery_leaderfeed.bootstep",
-    "leader_only": "celery_leaderfeed.decorators",
-    "current_term": "celery_leaderfeed.decorators",
-    "install": "celery_leaderfeed.integration",
+    "LeaderFeedStep": "celery_leaderfeed.celery.bootstep",
+    "leader_only": "celery_leaderfeed.celery.decorators",
+    "current_term": "celery_leaderfeed.celery.decorators",
+    "install": "celery_leaderfeed.celery.install",
 }
 
 

@@ -313,7 +313,9 @@ WITHOUT_CELERY = [
     pytest.param("celery", "import celery_leaderfeed; celery_leaderfeed.LeaderFeedStep", id="step"),
     pytest.param("celery", "import celery_leaderfeed.beat", id="beat"),
     pytest.param("click", "from celery_leaderfeed import install", id="install-without-click"),
-    pytest.param("kombu", "from celery_leaderfeed.decorators import leader_only", id="no-kombu"),
+    pytest.param(
+        "kombu", "from celery_leaderfeed.celery.decorators import leader_only", id="no-kombu"
+    ),
 ]
 
 

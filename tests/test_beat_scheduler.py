@@ -21,10 +21,15 @@ from celery.utils.imports import load_extension_class_names
 
 from celery_leaderfeed import LeaderFeed
 from celery_leaderfeed.backends.memory import MemoryBackend, memory_store
-from celery_leaderfeed.beat import Authority, LeaderScheduler, OwnElection, WorkerElection
-from celery_leaderfeed.election import Role
-from celery_leaderfeed.occurrences import EntryState, occurrence_id
-from celery_leaderfeed.shared_lease import SharedView
+from celery_leaderfeed.celery.occurrences import EntryState, occurrence_id
+from celery_leaderfeed.celery.scheduler import (
+    Authority,
+    LeaderScheduler,
+    OwnElection,
+    WorkerElection,
+)
+from celery_leaderfeed.celery.shared_lease import SharedView
+from celery_leaderfeed.engine.election import Role
 from harness.helpers import wait_until
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -517,9 +522,11 @@ def test_an_orphaned_embedded_beat_stops_and_exits(
     leadership.take()
     scheduler = scheduler_for(app, leadership, clocks, schedulers)
     scheduler._parent_pid = 4242  # as if forked by ``celery worker -B`` from PID 4242
-    monkeypatch.setattr("celery_leaderfeed.beat.os.getppid", lambda: 4242)
+    monkeypatch.setattr("celery_leaderfeed.celery.scheduler.os.getppid", lambda: 4242)
     scheduler.tick()
-    monkeypatch.setattr("celery_leaderfeed.beat.os.getppid", lambda: 1)  # the worker died
+    monkeypatch.setattr(
+        "celery_leaderfeed.celery.scheduler.os.getppid", lambda: 1
+    )  # the worker died
     clocks.advance(1.0)
     with pytest.raises(SystemExit):
         scheduler.tick()

@@ -18,9 +18,9 @@ from celery import Celery
 from celery.schedules import crontab, schedule
 
 from celery_leaderfeed.backends.memory import memory_store
-from celery_leaderfeed.beat import LeaderScheduler
+from celery_leaderfeed.celery.occurrences import EntryState, beyond_schedule
+from celery_leaderfeed.celery.scheduler import LeaderScheduler
 from celery_leaderfeed.errors import StoreRefused
-from celery_leaderfeed.occurrences import EntryState, beyond_schedule
 from tests.test_beat_scheduler import (
     HEARTBEAT,
     T0,

@@ -22,7 +22,7 @@ from celery.contrib.testing.worker import start_worker
 
 from celery_leaderfeed import leader_only
 from celery_leaderfeed.backends.memory import MemoryStore, memory_store
-from celery_leaderfeed.bootstep import (
+from celery_leaderfeed.celery.bootstep import (
     ELECTION_ENV,
     LeaderFeedStep,
     WorkerConfigurationError,
@@ -31,9 +31,9 @@ from celery_leaderfeed.bootstep import (
     worker_feed,
     worker_settings,
 )
+from celery_leaderfeed.celery.shared_lease import segment_name
+from celery_leaderfeed.celery.signals import leadership_gained, leadership_lost
 from celery_leaderfeed.errors import ConfigurationError
-from celery_leaderfeed.shared_lease import segment_name
-from celery_leaderfeed.signals import leadership_gained, leadership_lost
 from harness.helpers import wait_until
 from tests.celery_apps.memory_app import make_app, store_url
 

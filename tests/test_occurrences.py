@@ -10,8 +10,8 @@ import pytest
 from celery import Celery
 from celery.schedules import crontab, schedule
 
-from celery_leaderfeed import occurrences
-from celery_leaderfeed.occurrences import (
+from celery_leaderfeed.celery import occurrences
+from celery_leaderfeed.celery.occurrences import (
     MAX_LISTED,
     CorruptState,
     EntryState,

@@ -50,7 +50,7 @@ from rethinkdb.errors import ReqlAuthError, ReqlDriverError
 import celery_leaderfeed
 from celery_leaderfeed import ConfigurationError, LeaderFeed, LeaderfeedError
 from celery_leaderfeed.backends import backend_from_url
-from celery_leaderfeed.settings import resolve_settings
+from celery_leaderfeed.celery.settings import resolve_settings
 from celery_leaderfeed.urls import redact, redact_url, redact_urls_in
 from harness.helpers import wait_until
 from harness.servers.redis_process import RedisServer

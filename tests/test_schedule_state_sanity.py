@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from celery_leaderfeed.occurrences import EntryState, parse_occurrence_id
+from celery_leaderfeed.celery.occurrences import EntryState, parse_occurrence_id
 from harness.helpers import wait_until
 from tests.workers import CeleryProcess
 

@@ -16,9 +16,9 @@ from celery.worker.control import conf as inspect_conf
 
 import celery_leaderfeed
 from celery_leaderfeed import LeaderFeed, Timing
-from celery_leaderfeed.bootstep import LeaderFeedStep
+from celery_leaderfeed.celery.bootstep import LeaderFeedStep
+from celery_leaderfeed.celery.settings import resolve_settings, unknown_settings
 from celery_leaderfeed.errors import ConfigurationError
-from celery_leaderfeed.settings import resolve_settings, unknown_settings
 
 SECRET = "PASSWORD-abc123"
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from celery_leaderfeed.shared_lease import SharedLease
+from celery_leaderfeed.celery.shared_lease import SharedLease
 from harness.helpers import wait_until
 
 DEADLINE = 10.0

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from celery_leaderfeed.cli import describe
+from celery_leaderfeed.celery.cli import describe
 from celery_leaderfeed.record import LeaderRecord, Observation
 from harness.helpers import wait_until
 from tests.workers import REPO, CeleryProcess

@@ -29,7 +29,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from celery_leaderfeed.backends import backend_from_url
-from celery_leaderfeed.decorators import SKIPPED
+from celery_leaderfeed.celery.decorators import SKIPPED
 from celery_leaderfeed.errors import NotLeaderError
 from harness.helpers import wait_until
 from harness.servers.redis_process import RedisServer

@@ -1,7 +1,8 @@
 """The base class every backend extends.
 
 A backend stores the leader record and tells members when it changes; it never starts timers
-and never decides a role - the engine (:mod:`celery_leaderfeed.election`) makes every decision.
+and never decides a role - the engine (:mod:`~celery_leaderfeed.engine.election`) makes every
+decision.
 This is the original leaderfeed's "Extending" section in Python terms:
 
 ================  ==============================================================================

@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from celery_leaderfeed import leader_only
-from celery_leaderfeed.decorators import current_term
+from celery_leaderfeed.celery.decorators import current_term
 
 from .celery import NAME, app
 

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from celery_leaderfeed.backends.memory import MemoryBackend, MemoryStore
-from celery_leaderfeed.election import Election, Role
+from celery_leaderfeed.engine.election import Election, Role
 from celery_leaderfeed.errors import BackendUnavailable
 from celery_leaderfeed.timing import Timing
 

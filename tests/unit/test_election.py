@@ -8,7 +8,7 @@ import random
 import pytest
 
 from celery_leaderfeed.backends.base import RecordChanged
-from celery_leaderfeed.election import Role
+from celery_leaderfeed.engine.election import Role
 from celery_leaderfeed.record import LeaderRecord, Observation
 from tests.unit.simulation import TIMING, Cluster, roles
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from celery_leaderfeed.engine.retry import Backoff, FaultLog, refused_pace, report_interval
 from celery_leaderfeed.errors import BackendUnavailable, StoreRefused
-from celery_leaderfeed.retry import Backoff, FaultLog, refused_pace, report_interval
 from celery_leaderfeed.timing import Timing
 
 REFUSED = StoreRefused(

@@ -9,7 +9,7 @@ import pytest
 
 from celery_leaderfeed.backends import backend_from_url
 from celery_leaderfeed.backends.memory import MemoryBackend
-from celery_leaderfeed.rival_beat import RivalBeatWatch
+from celery_leaderfeed.celery.rival_beat import RivalBeatWatch
 from harness.helpers import closed_port_url
 
 EVERY = 4.0

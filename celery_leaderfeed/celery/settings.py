@@ -3,7 +3,7 @@
 Settings are lowercase with the ``leaderfeed_`` prefix and are read with ``app.conf.get`` so
 ``app.config_from_object(..., namespace="CELERY")`` (Django's ``CELERY_LEADERFEED_BACKEND``)
 works. ``celery inspect conf`` / ``celery report`` hide the password of ``leaderfeed_backend``
-in any URL form (see :mod:`celery_leaderfeed.control`); Celery masks the keys inside
+in any URL form (see :mod:`celery_leaderfeed.celery.control`); Celery masks the keys inside
 ``leaderfeed_backend_options`` that look secret (password, token, key...).
 
 ================================== ===================== =========================================
@@ -47,10 +47,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, cast
 
-from .backends import Backend, backend_class, backend_from_url
-from .errors import ConfigurationError
-from .timing import Timing
-from .urls import redact_options, redact_url, url_scheme
+from ..backends import Backend, backend_class, backend_from_url
+from ..errors import ConfigurationError
+from ..timing import Timing
+from ..urls import redact_options, redact_url, url_scheme
 
 __all__ = [
     "DEFAULTS",

@@ -3,7 +3,7 @@
 ::
 
     from celery_leaderfeed import leader_only
-    from celery_leaderfeed.decorators import current_term
+    from celery_leaderfeed.celery.decorators import current_term
 
     @app.task
     @leader_only
@@ -16,7 +16,8 @@
 
 Put ``@leader_only`` *below* ``@app.task``. Leadership is checked when the body is about to
 run - after any prefetch, ETA or countdown wait - from this worker's lease
-(:func:`~celery_leaderfeed.bootstep.current_lease`): the live feed in the worker's main process
+(:func:`~celery_leaderfeed.celery.bootstep.current_lease`): the live feed in the worker's main
+process
 (solo and thread pools), the worker's shared-memory segment in prefork children, under
 ``fork`` or ``spawn`` and in replacement children alike. No store round trip per task. A body
 runs holding its worker's admission lock (a shared ``flock``), so a worker shutting down
@@ -67,9 +68,9 @@ with celery_extra():
     from celery.exceptions import Ignore
     from celery.local import Proxy
 
+from ..engine.election import Role
+from ..errors import ConfigurationError, NotLeaderError
 from .bootstep import leader_admission, worker_settings
-from .election import Role
-from .errors import ConfigurationError, NotLeaderError
 from .settings import FOLLOWER_POLICIES, FollowerPolicy
 from .shared_lease import SharedView
 

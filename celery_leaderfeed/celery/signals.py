@@ -4,7 +4,7 @@ They are sent from the worker's main process, on a thread of the worker step (ne
 election thread, so a slow receiver cannot delay a renewal), in the order the changes happened.
 Pool children and the embedded beat process do not send them::
 
-    from celery_leaderfeed.signals import leadership_gained
+    from celery_leaderfeed.celery.signals import leadership_gained
 
     @leadership_gained.connect
     def on_gained(sender: str, term: int, leader_id: str, **kwargs: object) -> None:

@@ -11,7 +11,7 @@ Other threads only read immutable snapshots (``lease``, ``known``) or queue comm
 every wait is on a queue or condition that ``stop()`` wakes at once.
 
 Every retry waits a backoff delay and every lasting fault is logged at a bounded rate
-(:mod:`~celery_leaderfeed.retry`): a store that refuses us for good
+(:mod:`~celery_leaderfeed.engine.retry`): a store that refuses us for good
 (:class:`~celery_leaderfeed.errors.StoreRefused`) is an ERROR naming the cause and the fix,
 retried slowly; an outage is a WARNING, retried at the heartbeat's pace at most.
 """
@@ -34,14 +34,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from .backends import backend_from_url
-from .backends.base import Backend, FeedEvent, Subscription
+from ..backends import backend_from_url
+from ..backends.base import Backend, FeedEvent, Subscription
+from ..errors import BackendUnavailable, ConfigurationError, LeaderfeedError, LeaderfeedTimeout
+from ..record import Observation
+from ..timing import Timing
 from .election import Election, Lease, Role, Stats
-from .errors import BackendUnavailable, ConfigurationError, LeaderfeedError, LeaderfeedTimeout
 from .listeners import Event, Listener, Listeners
-from .record import Observation
 from .retry import Backoff, FaultLog, refused_pace, report_interval
-from .timing import Timing
 
 __all__ = ["LeaderFeed", "Status"]
 

@@ -17,8 +17,8 @@ import logging
 import random
 from dataclasses import dataclass
 
-from .errors import BackendUnavailable, StoreRefused
-from .timing import Timing
+from ..errors import BackendUnavailable, StoreRefused
+from ..timing import Timing
 
 __all__ = ["Backoff", "FaultLog", "refused_pace", "report_interval"]
 

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .election import Lease, Role
+from ..engine.election import Lease, Role
 
 if TYPE_CHECKING:
-    from .feed import LeaderFeed
+    from ..engine.feed import LeaderFeed
 
 __all__ = ["SharedLease", "SharedView", "segment_name"]
 

@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["Event", "Listeners"]
 

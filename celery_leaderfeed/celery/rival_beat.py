@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import random
 
-from .backends import Backend
-from .errors import BackendUnavailable
-from .retry import Backoff
+from ..backends import Backend
+from ..engine.retry import Backoff
+from ..errors import BackendUnavailable
 
 __all__ = ["RivalBeatWatch"]
 

@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .backends.base import Backend, DataChanged, FeedEvent, RecordChanged
-from .errors import BackendUnavailable
-from .record import Observation, WriteResult
+from ..backends.base import Backend, DataChanged, FeedEvent, RecordChanged
+from ..errors import BackendUnavailable
+from ..record import Observation, WriteResult
+from ..timing import Timing
 from .retry import Backoff, FaultLog, refused_pace, report_interval
-from .timing import Timing
 
 __all__ = ["FOLLOWING", "Election", "Lease", "Role", "Stats"]
 

@@ -76,13 +76,13 @@ with celery_extra():
     from celery.signals import worker_shutting_down
     from celery.utils.dispatch import Signal
 
-from .election import Role
-from .errors import ConfigurationError
-from .feed import LeaderFeed
+from ..engine.election import Role
+from ..engine.feed import LeaderFeed
+from ..errors import ConfigurationError
+from ..urls import redact_url
 from .settings import DEFAULTS, LeaderfeedSettings, resolve_settings, unknown_settings
 from .shared_lease import SharedLease, SharedView
 from .signals import leadership_gained, leadership_lost
-from .urls import redact_url
 
 __all__ = [
     "ELECTION_ENV",
@@ -154,7 +154,7 @@ def _embeds_leader_beat(worker: Any, options: Mapping[str, Any]) -> bool:
         return False
     from celery.utils.imports import load_extension_class_names, symbol_by_name  # noqa: PLC0415
 
-    from .beat import LeaderScheduler  # noqa: PLC0415 - beat's side; needed only with -B
+    from .scheduler import LeaderScheduler  # noqa: PLC0415 - beat's side; needed only with -B
 
     aliases = dict(load_extension_class_names("celery.beat_schedulers"))
     try:

@@ -21,10 +21,10 @@ from typing import Any
 
 import click
 
-from .errors import BackendUnavailable, ConfigurationError
-from .record import Observation
+from ..errors import BackendUnavailable, ConfigurationError
+from ..record import Observation
+from ..urls import redact
 from .settings import resolve_settings
-from .urls import redact
 
 __all__ = ["leaderfeed", "status"]
 

@@ -28,8 +28,8 @@ from typing import Any
 import celery.app.utils
 from celery.worker.control import inspect_command
 
+from ..urls import redact_url
 from .bootstep import leadership_report
-from .urls import redact_url
 
 __all__ = ["leaderfeed"]
 
