@@ -17,7 +17,7 @@ from celery import Celery
 
 import celery_leaderfeed
 from celery_leaderfeed import leader_only
-from celery_leaderfeed.celery.bootstep import current_lease
+from celery_leaderfeed.celery.worker_lease import current_lease
 
 NAME = os.environ.get("BENCH_NAME", "bench-leader-only")
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

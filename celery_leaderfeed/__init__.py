@@ -18,10 +18,12 @@ from .engine.listeners import Event
 from .errors import (
     BackendUnavailable,
     ConfigurationError,
+    InvalidRecord,
     LeaderfeedError,
     LeaderfeedTimeout,
     NotLeaderError,
     StoreRefused,
+    UsageError,
 )
 from .record import LeaderRecord, Observation, WriteResult
 from .timing import Timing
@@ -39,6 +41,7 @@ __all__ = [
     "ConfigurationError",
     "DataChanged",
     "Event",
+    "InvalidRecord",
     "LeaderFeed",
     "LeaderFeedStep",
     "LeaderRecord",
@@ -54,6 +57,7 @@ __all__ = [
     "StoreRefused",
     "Subscription",
     "Timing",
+    "UsageError",
     "WriteResult",
     "__version__",
     "backend_from_url",

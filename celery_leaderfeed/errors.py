@@ -4,10 +4,16 @@ Every exception derives from :class:`LeaderfeedError`::
 
     LeaderfeedError
     ├── ConfigurationError      bad URL, option, setting or missing driver (raised at construction)
+    ├── UsageError              the API was used the wrong way (also a TypeError)
     ├── BackendUnavailable      the store could not be reached or did not answer in time
     │   └── StoreRefused        the store answered but refuses us; retrying alone cannot fix it
+    ├── InvalidRecord           the store holds something that is not a leader record of ours
     ├── NotLeaderError          an operation that needs leadership ran on a follower
     └── LeaderfeedTimeout       a wait (start, elect, wait_for_leader) ran out of time
+
+Outside the tree on purpose: the plain ``ImportError`` naming the extra to install when the
+Celery layer is imported without Celery, and Python's and Celery's own protocol exceptions
+(``AttributeError`` from the package's lazy ``__getattr__``, a task's ``Retry``/``Ignore``).
 
 Backends map their driver's errors to :class:`BackendUnavailable` with ``raise ... from exc`` so
 the engine never needs to know a driver's exception types. Errors that may heal by themselves (a
@@ -23,10 +29,12 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailable",
     "ConfigurationError",
+    "InvalidRecord",
     "LeaderfeedError",
     "LeaderfeedTimeout",
     "NotLeaderError",
     "StoreRefused",
+    "UsageError",
 ]
 
 
@@ -36,6 +44,10 @@ class LeaderfeedError(Exception):
 
 class ConfigurationError(LeaderfeedError, ValueError):
     """An option, URL or setting is invalid, or a backend's driver is not installed."""
+
+
+class UsageError(LeaderfeedError, TypeError):
+    """The API was used the wrong way, e.g. ``@leader_only`` put above ``@app.task``."""
 
 
 class BackendUnavailable(LeaderfeedError, ConnectionError):
@@ -53,6 +65,11 @@ class StoreRefused(BackendUnavailable):
         super().__init__(message)
         self.cause = cause
         self.fix = fix
+
+
+class InvalidRecord(LeaderfeedError, ValueError):
+    """What the store holds for an election is not a leader record of ours (the message says
+    why). Backends read it as no leader, and a claim replaces it."""
 
 
 class NotLeaderError(LeaderfeedError):

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InvalidRecord
+
 __all__ = [
     "CORRUPT_VERSION",
     "MISSING_VERSION",
@@ -75,24 +77,25 @@ def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise ValueError(f"field {key!r} must be a string or null")
+    raise InvalidRecord(f"field {key!r} must be a string or null")
 
 
 def _count(data: Mapping[str, Any], key: str) -> int:
     value = data.get(key)
     # bool is an int subclass; a record with term=True is not ours.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"field {key!r} must be an integer")
+        raise InvalidRecord(f"field {key!r} must be an integer")
     if isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"field {key!r} must be an integer")
+        raise InvalidRecord(f"field {key!r} must be an integer")
     number = int(value)
     if number < 1:
-        raise ValueError(f"field {key!r} must be positive")
+        raise InvalidRecord(f"field {key!r} must be positive")
     return number
 
 
 def decode_record(data: Mapping[str, Any] | str | bytes) -> LeaderRecord:
-    """Validate a stored record; raise ``ValueError`` saying why it is not one of ours.
+    """Validate a stored record; raise :class:`~.errors.InvalidRecord` (a ``ValueError``) saying
+    why it is not one of ours.
 
     Accepts the JSON text Redis stores or the document MongoDB and RethinkDB return.
     """
@@ -100,22 +103,22 @@ def decode_record(data: Mapping[str, Any] | str | bytes) -> LeaderRecord:
         try:
             data = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not JSON: {exc}") from None
+            raise InvalidRecord(f"not JSON: {exc}") from None
     if not isinstance(data, Mapping):
-        raise ValueError("not an object")
+        raise InvalidRecord("not an object")
     if data.get("format") != RECORD_FORMAT:
-        raise ValueError(f"format is {data.get('format')!r}, expected {RECORD_FORMAT!r}")
+        raise InvalidRecord(f"format is {data.get('format')!r}, expected {RECORD_FORMAT!r}")
     holder = _optional_str(data, "holder")
     token = _optional_str(data, "token")
     if (holder is None) != (token is None):
-        raise ValueError("holder and token must both be set or both be null")
+        raise InvalidRecord("holder and token must both be set or both be null")
     renewed_at = data.get("renewed_at")
     if renewed_at is not None and (
         isinstance(renewed_at, bool)
         or not isinstance(renewed_at, int | float)
         or not math.isfinite(renewed_at)
     ):
-        raise ValueError("field 'renewed_at' must be a number or null")
+        raise InvalidRecord("field 'renewed_at' must be a number or null")
     return LeaderRecord(
         holder=holder,
         token=token,

@@ -22,14 +22,8 @@ from celery.utils.imports import load_extension_class_names
 from celery_leaderfeed import LeaderFeed
 from celery_leaderfeed.backends.memory import MemoryBackend, memory_store
 from celery_leaderfeed.celery.occurrences import EntryState, occurrence_id
-from celery_leaderfeed.celery.scheduler import (
-    Authority,
-    LeaderScheduler,
-    OwnElection,
-    WorkerElection,
-)
-from celery_leaderfeed.celery.shared_lease import SharedView
-from celery_leaderfeed.engine.election import Role
+from celery_leaderfeed.celery.scheduler import LeaderScheduler, OwnElection, WorkerElection
+from celery_leaderfeed.engine.election import Lease, Role
 from harness.helpers import wait_until
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -81,10 +75,10 @@ class HandLeadership:
     def start(self) -> None:
         self.started += 1
 
-    def authority(self) -> Authority | None:
+    def lease(self) -> Lease | None:
         if self.term is None:
             return None
-        return Authority(self.term, self.token, -math.inf, math.inf, self.member)
+        return Lease(Role.LEADER, self.term, self.token, deadline=math.inf, member_id=self.member)
 
     def close(self) -> None:
         self.closed += 1
@@ -300,7 +294,7 @@ def test_a_scheduler_holding_an_old_term_cannot_claim(
     stale = scheduler_for(app, paused, clocks, schedulers)
     stale.tick()  # anchors the entry in its term
     successor = HandLeadership(store_url, "cluster", "successor")
-    successor.take()  # paused.authority() still names the old term
+    successor.take()  # paused.lease() still names the old term
     clocks.advance(1.0)
     stale.tick()
     assert sent.calls == []
@@ -383,13 +377,13 @@ def test_a_tick_starts_no_store_call_past_the_operation_timeout(
     scheduler = scheduler_for(app, leadership, clocks, schedulers)
     scheduler.tick()
     clocks.advance(1.0)
-    real_write = scheduler._store.write_entry  # type: ignore[union-attr]
+    real_write = scheduler._ledger.store.write_entry  # type: ignore[union-attr]
 
     def slow_write(*args: Any) -> bool:
         clocks.mono += HEARTBEAT  # each write uses up the whole budget (operation timeout)
         return real_write(*args)
 
-    monkeypatch.setattr(scheduler._store, "write_entry", slow_write)
+    monkeypatch.setattr(scheduler._ledger.store, "write_entry", slow_write)
     assert scheduler.tick() == 0.0
     assert len(sent.calls) == 1
     scheduler.tick()
@@ -611,12 +605,17 @@ def embedded_leader(
     """The beat of a leading worker -B: it follows the worker's lease, as shared memory shows it."""
     worker = HandLeadership(store_url, "cluster", "worker-a")
     term = worker.take()
-    view = SharedView(
-        Role.LEADER, term, worker.token, -math.inf, math.inf, "worker-a", "worker-a", 1
+    lease = Lease(
+        Role.LEADER,
+        term,
+        worker.token,
+        deadline=math.inf,
+        leader_id="worker-a",
+        member_id="worker-a",
     )
     scheduler = LeaderScheduler(
         app,
-        leadership=WorkerElection("cluster", lambda: view),
+        leadership=WorkerElection("cluster", lambda: lease),
         clock=clocks.now,
         monotonic=clocks.monotonic,
     )

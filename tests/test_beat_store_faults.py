@@ -162,7 +162,7 @@ def test_a_refused_schedule_state_is_an_error_at_a_bounded_rate_then_heals(
     leadership = HandLeadership(store_url, "cluster", "a")
     leadership.take()
     beat = scheduler(app, leadership, clocks, made)
-    assert beat._store is not None
+    assert beat._ledger is not None
     refusal = StoreRefused(
         "key 'k' holds another type of value than leaderfeed keeps there (a hash) at "
         "memory://x: delete that key",
@@ -173,15 +173,15 @@ def test_a_refused_schedule_state_is_an_error_at_a_bounded_rate_then_heals(
     def refuse() -> dict[str, str]:
         raise refusal
 
-    read_entries = beat._store.read_entries
-    monkeypatch.setattr(beat._store, "read_entries", refuse)
+    read_entries = beat._ledger.store.read_entries
+    monkeypatch.setattr(beat._ledger.store, "read_entries", refuse)
     with caplog.at_level(logging.INFO, logger="celery_leaderfeed.beat"):
         delays = run_ticks(beat, clocks, 30.0)
         errors = [line for line in beat_lines(caplog) if line[0] == "ERROR"]
         assert len(errors) in (2, 3), errors  # at 0 s, then once per 13.5 s with a count
         assert "delete that key" in errors[0][1] and "still failing" in errors[1][1]
         assert len(delays) <= 20 and max(delays) <= REFUSED_PACE  # was: every HEARTBEAT / 4
-        monkeypatch.setattr(beat._store, "read_entries", read_entries)  # fixed in the store
+        monkeypatch.setattr(beat._ledger.store, "read_entries", read_entries)  # fixed in the store
         clocks.advance(1.0)
         run_ticks(beat, clocks, 2.0)
     assert sent.calls

@@ -22,17 +22,16 @@ from celery.contrib.testing.worker import start_worker
 
 from celery_leaderfeed import leader_only
 from celery_leaderfeed.backends.memory import MemoryStore, memory_store
-from celery_leaderfeed.celery.bootstep import (
+from celery_leaderfeed.celery.bootstep import LeaderFeedStep, WorkerConfigurationError
+from celery_leaderfeed.celery.shared_lease import segment_name
+from celery_leaderfeed.celery.signals import leadership_gained, leadership_lost
+from celery_leaderfeed.celery.worker_lease import (
     ELECTION_ENV,
-    LeaderFeedStep,
-    WorkerConfigurationError,
     current_lease,
     leadership_report,
     worker_feed,
     worker_settings,
 )
-from celery_leaderfeed.celery.shared_lease import segment_name
-from celery_leaderfeed.celery.signals import leadership_gained, leadership_lost
 from celery_leaderfeed.errors import ConfigurationError
 from harness.helpers import wait_until
 from tests.celery_apps.memory_app import make_app, store_url
@@ -67,7 +66,7 @@ def signals_seen() -> Iterator[list[tuple[str, str, int, str | None]]]:
         leadership_lost.disconnect(lost)
 
 
-def child_view() -> tuple[str, int | None, str, bool] | None:
+def child_view() -> tuple[str, int | None, str | None, bool] | None:
     """Run in a child process: the lease of the parent worker, seen through an unrelated app."""
     view = current_lease(Celery("child", set_as_current=False))
     return None if view is None else (view.role.value, view.term, view.member_id, view.is_leader())

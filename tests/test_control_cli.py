@@ -21,9 +21,9 @@ from click.testing import CliRunner, Result
 
 from celery_leaderfeed import LeaderFeed
 from celery_leaderfeed.backends.memory import memory_store
-from celery_leaderfeed.celery.bootstep import worker_feed
 from celery_leaderfeed.celery.cli import leaderfeed as leaderfeed_command
 from celery_leaderfeed.celery.control import leaderfeed as inspect_leaderfeed
+from celery_leaderfeed.celery.worker_lease import worker_feed
 from harness.helpers import closed_port_url
 from tests.celery_apps.memory_app import TIMING, make_app, store_url
 

@@ -21,8 +21,8 @@ from celery.result import AsyncResult
 from celery.signals import task_retry
 
 from celery_leaderfeed import LeaderFeed, leader_only
-from celery_leaderfeed.celery.bootstep import worker_feed
 from celery_leaderfeed.celery.decorators import SKIPPED, current_term
+from celery_leaderfeed.celery.worker_lease import worker_feed
 from celery_leaderfeed.errors import ConfigurationError, NotLeaderError
 from harness.helpers import wait_until
 from tests.celery_apps.memory_app import TIMING, make_app, store_url

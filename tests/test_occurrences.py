@@ -16,8 +16,8 @@ from celery_leaderfeed.celery.occurrences import (
     CorruptState,
     EntryState,
     Pending,
+    PlannedRun,
     ScheduleError,
-    Step,
     from_micros,
     next_due,
     occurrence_id,
@@ -168,7 +168,7 @@ def gap(count: int, app: Celery, keep: int = MAX_LISTED + 1) -> Pending:
 def test_a_single_due_run_is_simply_sent(policy: str, app: Celery) -> None:
     steps = plan(gap(1, app), T0, policy, catch_up_limit=10)
     due = T0 + timedelta(seconds=1)
-    assert steps == [Step(advance_to=due, send=due)]
+    assert steps == [PlannedRun(advance_to=due, send=due)]
 
 
 def test_run_once_sends_the_latest_and_lists_every_missed_run(app: Celery) -> None:
@@ -255,7 +255,9 @@ def test_two_leaders_continuing_from_the_stored_state_name_the_same_runs(app: Ce
 def test_state_round_trips_and_advances() -> None:
     state = EntryState.anchored(T0, term=3)
     assert EntryState.decode(state.encode()) == state
-    step = Step(advance_to=T0 + timedelta(seconds=5), send=T0 + timedelta(seconds=5), skipped=2)
+    step = PlannedRun(
+        advance_to=T0 + timedelta(seconds=5), send=T0 + timedelta(seconds=5), skipped=2
+    )
     moved = state.after(step, term=4, sent_at=12.5)
     assert (moved.last_due, moved.term, moved.runs, moved.skipped, moved.sent_at) == (
         T0 + timedelta(seconds=5),
@@ -265,7 +267,9 @@ def test_state_round_trips_and_advances() -> None:
         12.5,
     )
     assert EntryState.decode(moved.encode()) == moved
-    quiet = moved.after(Step(advance_to=T0 + timedelta(seconds=9), skipped=1), term=4, sent_at=99)
+    quiet = moved.after(
+        PlannedRun(advance_to=T0 + timedelta(seconds=9), skipped=1), term=4, sent_at=99
+    )
     assert (quiet.runs, quiet.skipped, quiet.sent_at) == (1, 3, 12.5)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from celery_leaderfeed.celery.shared_lease import SharedLease
+from celery_leaderfeed.engine.election import Lease, Role
 from harness.helpers import wait_until
 
 DEADLINE = 10.0
@@ -54,6 +55,22 @@ def named_segment() -> Iterator[tuple[SharedLease, str]]:
         yield lease, election
     finally:
         lease.close()
+
+
+def test_the_lease_reads_back_as_written_and_only_from_its_writer(
+    named_segment: tuple[SharedLease, str],
+) -> None:
+    segment, election = named_segment
+    lease = Lease(Role.LEADER, 7, "f" * 32, 105.5, 100.25, 101.0, "w1@host", "worker@test")
+    segment.write(lease)
+    reader = SharedLease.attach(election, os.getpid())
+    assert reader is not None
+    assert reader.read(os.getpid()) == lease
+    assert reader.read(os.getpid() + 1) is None  # a child whose parent is no longer the writer
+    segment.revoke("worker@test")
+    assert reader.read(os.getpid()) == Lease(Role.FOLLOWER, member_id="worker@test")
+    reader.close()
+    assert reader.read(os.getpid()) is None
 
 
 def test_nothing_admitted_means_no_wait(named_segment: tuple[SharedLease, str]) -> None:

@@ -37,72 +37,40 @@ Either way no other worker can start leader-only work while this worker's still 
 killed with SIGKILL resigns nothing: its lease runs out by itself, and its orphaned children find
 no lease (their parent PID changed).
 
-Accessors for in-process code (the beat scheduler, ``@leader_only``)
---------------------------------------------------------------------
-``worker_feed(app) -> LeaderFeed | None``
-    The live feed of the step running in *this* process: the worker's main process (thread and
-    solo pools, remote-control commands). ``None`` in every other process - a forked child must
-    never trust its frozen copy of the parent's feed - and before start or after stop.
-``current_lease(app=None) -> SharedView | None``
-    This worker's lease as one consistent snapshot, from any of its processes: the live feed in
-    the main process; the parent's shared-memory segment in a pool child or the embedded beat
-    process (no store round trip). ``None`` where no step runs or the parent is gone.
-    ``view.is_leader()`` checks the lease deadline at call time; ``view.term`` is the fencing
-    token. Children find the segment by their parent's PID and the election name, which the
-    step exports as ``$LEADERFEED_WORKER_ELECTION`` before the pool starts: a child whose app
-    object is not the worker's (a task module's own app under ``spawn``) still finds it.
-``worker_settings(app)``, ``leadership_report(app)``
-    The resolved settings as this worker uses them; the ``celery inspect leaderfeed`` reply.
+The worker's processes read the lease this step publishes through
+:mod:`~celery_leaderfeed.celery.worker_lease` (``current_lease``, ``leader_admission``...),
+which this step registers with while it runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import dataclasses
 import logging
 import os
-import queue
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ._extras import celery_extra
 
 with celery_extra():
     import click
-    from celery import bootsteps, current_app
+    from celery import bootsteps
     from celery.signals import worker_shutting_down
-    from celery.utils.dispatch import Signal
 
-from ..engine.election import Role
 from ..engine.feed import LeaderFeed
 from ..errors import ConfigurationError
 from ..urls import redact_url
 from .settings import DEFAULTS, LeaderfeedSettings, resolve_settings, unknown_settings
-from .shared_lease import SharedLease, SharedView
-from .signals import leadership_gained, leadership_lost
+from .shared_lease import SharedLease
+from .signals import send_leadership_signals
+from .worker_lease import ELECTION_ENV, register, unregister
 
-__all__ = [
-    "ELECTION_ENV",
-    "LeaderFeedStep",
-    "WorkerConfigurationError",
-    "WorkerLeadership",
-    "current_lease",
-    "leader_admission",
-    "leadership_report",
-    "worker_feed",
-    "worker_settings",
-]
+__all__ = ["LeaderFeedStep", "WorkerConfigurationError", "WorkerLeadership"]
 
 logger = logging.getLogger("celery_leaderfeed")
 
-#: Environment variable naming the election of the worker step in this process, inherited by
-#: the worker's children.
-ELECTION_ENV = "LEADERFEED_WORKER_ELECTION"
-#: How long a process that found no lease segment waits before looking again.
-_ATTACH_RETRY_SECONDS = 1.0
 #: How long stopping waits for a hand-over the shutdown signal began (it normally takes ms).
 _HAND_OVER_JOIN_SECONDS = 10.0
 
@@ -164,63 +132,15 @@ def _embeds_leader_beat(worker: Any, options: Mapping[str, Any]) -> bool:
     return isinstance(scheduler, type) and issubclass(scheduler, LeaderScheduler)
 
 
-class _SignalRelay:
-    """Sends ``leadership_gained``/``leadership_lost`` for the lease changes the engine reports.
-
-    ``observe`` runs on the election thread and only queues; the signals are sent from this
-    relay's own thread, in order, so a slow receiver never delays a renewal.
-    """
-
-    def __init__(self, hostname: str) -> None:
-        self.hostname = hostname
-        self._held: int | None = None  # the term we lead, as last reported
-        self._queue: queue.SimpleQueue[tuple[Signal, int, str | None] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def observe(self, feed: LeaderFeed) -> None:
-        lease = feed.lease  # stable here: observers run on the election thread
-        term = lease.term if feed.is_leader else None
-        if term == self._held:
-            return
-        if self._held is not None:
-            leader = feed.leader_id
-            leader = None if leader == self.hostname else leader
-            self._queue.put((leadership_lost, self._held, leader))
-        if term is not None:
-            self._queue.put((leadership_gained, term, self.hostname))
-        self._held = term
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="leaderfeed-signals", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            signal, term, leader = item
-            # Signal.send logs and swallows what a receiver raises.
-            signal.send(sender=self.hostname, term=term, leader_id=leader)
-
-
 class WorkerLeadership:
-    """What the step runs in the worker: the feed, its lease segment and the signal relay."""
+    """What the step runs in the worker: the feed, its lease segment and the signals it sends."""
 
     def __init__(self, app: Any, hostname: str, settings: LeaderfeedSettings) -> None:
         self.app = app
         self.hostname = hostname
         self.settings = settings
         try:
-            self.feed = LeaderFeed(
-                settings.backend_url, member_id=hostname, **settings.feed_kwargs()
-            )
+            self.feed = settings.feed(hostname)
         except ConfigurationError as exc:
             raise WorkerConfigurationError(str(exc)) from exc
         self.owner_pid = os.getpid()
@@ -229,7 +149,6 @@ class WorkerLeadership:
         # here even when their app object is not this one (a task module's own app under
         # spawn), so they attach to this worker's segment whatever their configuration says.
         os.environ[ELECTION_ENV] = settings.name
-        self._relay = _SignalRelay(hostname)
         # (version of the held record, monotonic time this worker saw it appear)
         self._record_seen: tuple[int | None, float] = (None, time.monotonic())
         self._stopped = False
@@ -240,12 +159,11 @@ class WorkerLeadership:
         self._handed_over = False
         self._hand_over_thread: threading.Thread | None = None
         self.feed.add_observer(self._publish)
-        self.feed.add_observer(self._relay.observe)
+        send_leadership_signals(self.feed)
         self.feed.add_observer(self._note_record)
 
     def start(self) -> None:
-        _register(self)
-        self._relay.start()
+        register(self)
         self.feed.start(retry=True)
 
     def hand_over(self) -> None:
@@ -285,9 +203,12 @@ class WorkerLeadership:
         )
 
     def _publish(self, feed: LeaderFeed) -> None:
+        """Copy the feed's lease into the segment, where every process of this worker reads it
+        (this one included), unless it is standing down."""
+        lease = dataclasses.replace(feed.lease, leader_id=feed.leader_id, member_id=self.hostname)
         with self._publishing:
             if not self._standing_down:
-                self.shared.publish(feed)
+                self.shared.write(lease)
 
     def stop(self) -> None:
         """Stop acting, resign, then retire the segment. Idempotent."""
@@ -302,31 +223,11 @@ class WorkerLeadership:
         try:
             self.feed.stop()
         finally:
-            _unregister(self)
+            unregister(self)
             if os.environ.get(ELECTION_ENV) == self.settings.name:
                 del os.environ[ELECTION_ENV]
             self.shared.revoke(self.hostname)
             self.shared.close()
-            self._relay.stop()
-
-    def view(self) -> SharedView:
-        """The lease as children see it in the segment, read from the live feed."""
-        if self._standing_down:  # from hand_over on, whatever the feed still holds
-            return SharedView(
-                Role.FOLLOWER, None, None, 0.0, 0.0, None, self.hostname, self.owner_pid
-            )
-        feed = self.feed
-        lease = feed.lease
-        return SharedView(
-            role=lease.role,
-            term=lease.term,
-            token=lease.token,
-            valid_from=lease.valid_from,
-            deadline=lease.deadline,
-            leader_id=feed.leader_id,
-            member_id=self.hostname,
-            owner_pid=self.owner_pid,
-        )
 
     def summary(self) -> dict[str, Any]:
         """Role, leader and term (``celery inspect stats``)."""
@@ -436,142 +337,3 @@ def _finish_pool(worker: Any, *, warm: bool) -> None:
     if not warm:
         pool.terminate()  # prefork: children killed and joined
     pool.stop()  # waits for running tasks: all of them (warm), the unkillable threads (cold)
-
-
-# -- the registry of running steps, and the accessors ---------------------------------------------
-
-_running: weakref.WeakKeyDictionary[Any, WorkerLeadership] = weakref.WeakKeyDictionary()
-_segments: dict[tuple[int, int, str], SharedLease | float] = {}
-_settings_cache: weakref.WeakKeyDictionary[Any, tuple[int, LeaderfeedSettings | None]] = (
-    weakref.WeakKeyDictionary()
-)
-_lock = threading.Lock()
-
-
-def _app_object(app: Any) -> Any:
-    if app is None:
-        app = current_app
-    unwrap = getattr(app, "_get_current_object", None)  # celery.current_app is a Proxy
-    return unwrap() if callable(unwrap) else app
-
-
-def _register(leadership: WorkerLeadership) -> None:
-    with _lock:
-        _running[leadership.app] = leadership
-
-
-def _unregister(leadership: WorkerLeadership) -> None:
-    with _lock:
-        if _running.get(leadership.app) is leadership:
-            del _running[leadership.app]
-
-
-def _running_here(app: Any) -> WorkerLeadership | None:
-    leadership = _running.get(app)
-    if leadership is None or leadership.owner_pid != os.getpid():
-        return None
-    return leadership
-
-
-def worker_feed(app: Any = None) -> LeaderFeed | None:
-    """The live feed of the worker step running in this process (None elsewhere)."""
-    leadership = _running_here(_app_object(app))
-    return None if leadership is None else leadership.feed
-
-
-def worker_settings(app: Any = None) -> LeaderfeedSettings | None:
-    """The leaderfeed settings of ``app`` as this worker uses them, resolved once per process;
-    None if they cannot be resolved (no leaderfeed configured)."""
-    app = _app_object(app)
-    leadership = _running_here(app)
-    if leadership is not None:
-        return leadership.settings
-    pid = os.getpid()
-    cached = _settings_cache.get(app)
-    if cached is not None and cached[0] == pid:
-        return cached[1]
-    try:
-        settings: LeaderfeedSettings | None = resolve_settings(app)
-    except ConfigurationError as exc:
-        logger.debug("leaderfeed settings of %r cannot be resolved: %s", app, exc)
-        settings = None
-    _settings_cache[app] = (pid, settings)
-    return settings
-
-
-def current_lease(app: Any = None) -> SharedView | None:
-    """This worker's lease, from whichever of its processes asks (see the module docstring)."""
-    source = _lease_source(_app_object(app))
-    return None if source is None else source[1]()
-
-
-def _lease_source(app: Any) -> tuple[SharedLease, Callable[[], SharedView | None]] | None:
-    """Where this process reads its worker's lease: (segment, read), or None if it has none.
-
-    The main process reads the live feed; a child reads its parent's segment.
-    """
-    leadership = _running_here(app)
-    if leadership is not None:
-        return leadership.shared, leadership.view
-    election = os.environ.get(ELECTION_ENV)
-    if not election:
-        settings = worker_settings(app)
-        if settings is None:
-            return None
-        election = settings.name
-    segment = _parent_segment(election)
-    if segment is None:
-        return None
-    return segment, functools.partial(_read_parents, segment)
-
-
-def _parent_segment(election: str) -> SharedLease | None:
-    """The lease segment of this process's parent (a prefork child or the beat process)."""
-    pid, ppid = os.getpid(), os.getppid()
-    key = (pid, ppid, election)
-    with _lock:
-        entry = _segments.get(key)
-        if not isinstance(entry, SharedLease):
-            now = time.monotonic()
-            if entry is not None and now < entry:
-                return None
-            attached = SharedLease.attach(election, ppid)
-            if attached is None:
-                _segments[key] = now + _ATTACH_RETRY_SECONDS
-                return None
-            _segments[key] = entry = attached
-    return entry
-
-
-def _read_parents(segment: SharedLease) -> SharedView | None:
-    view = segment.read()
-    # A parent that died leaves its segment to a reused PID at worst: trust only our parent's.
-    return view if view.owner_pid == os.getppid() else None
-
-
-@contextlib.contextmanager
-def leader_admission(app: Any = None) -> Iterator[SharedView | None]:
-    """This worker's lease; while it says leader, the block runs holding the admission lock.
-
-    A warm shutdown marks the lease follower and then waits for that lock (see
-    :meth:`WorkerLeadership.hand_over`), so a body that starts inside the block while the view
-    says leader is one the worker waits for before it resigns. A view that says follower is
-    yielded without the lock: followers never touch it.
-    """
-    source = _lease_source(_app_object(app))
-    if source is None:
-        yield None
-        return
-    segment, read = source
-    view = read()
-    if view is None or not view.is_leader():
-        yield view
-        return
-    with segment.admission() as admitted:
-        yield read() if admitted else None  # read again: a handover may have begun meanwhile
-
-
-def leadership_report(app: Any = None) -> dict[str, Any] | None:
-    """What ``celery inspect leaderfeed`` returns for this worker (None: no step runs here)."""
-    leadership = _running_here(_app_object(app))
-    return None if leadership is None else leadership.report()

@@ -29,7 +29,7 @@ import celery.app.utils
 from celery.worker.control import inspect_command
 
 from ..urls import redact_url
-from .bootstep import leadership_report
+from .worker_lease import leadership_report
 
 __all__ = ["leaderfeed"]
 

@@ -16,10 +16,10 @@
 
 Put ``@leader_only`` *below* ``@app.task``. Leadership is checked when the body is about to
 run - after any prefetch, ETA or countdown wait - from this worker's lease
-(:func:`~celery_leaderfeed.celery.bootstep.current_lease`): the live feed in the worker's main
-process
-(solo and thread pools), the worker's shared-memory segment in prefork children, under
-``fork`` or ``spawn`` and in replacement children alike. No store round trip per task. A body
+(:func:`~celery_leaderfeed.celery.worker_lease.current_lease`), which every process of the
+worker reads from its shared-memory segment: the main process (solo and thread pools) and
+prefork children, under ``fork`` or ``spawn`` and in replacement children alike. No store round
+trip per task. A body
 runs holding its worker's admission lock (a shared ``flock``), so a worker shutting down
 resigns only once its leader-only bodies have ended.
 
@@ -68,11 +68,10 @@ with celery_extra():
     from celery.exceptions import Ignore
     from celery.local import Proxy
 
-from ..engine.election import Role
-from ..errors import ConfigurationError, NotLeaderError
-from .bootstep import leader_admission, worker_settings
+from ..engine.election import Lease, Role
+from ..errors import ConfigurationError, NotLeaderError, UsageError
 from .settings import FOLLOWER_POLICIES, FollowerPolicy
-from .shared_lease import SharedView
+from .worker_lease import leader_admission, worker_settings
 
 __all__ = ["SKIPPED", "current_term", "leader_only"]
 
@@ -125,23 +124,23 @@ def leader_only(fn: F | None = None, /, *, policy: FollowerPolicy | None = None)
 
 def _wrap(fn: F, policy: FollowerPolicy | None) -> F:
     if issubclass(type(fn), Proxy) or isinstance(fn, Task):
-        raise TypeError("put @leader_only below @app.task (it wraps the task's function)")
+        raise UsageError("put @leader_only below @app.task (it wraps the task's function)")
     if not callable(fn):
-        raise TypeError(f"@leader_only needs a function, got {fn!r}")
+        raise UsageError(f"@leader_only needs a function, got {fn!r}")
 
     @functools.wraps(fn)
     def leader_only_body(*args: Any, **kwargs: Any) -> Any:
         task = get_current_task()
         app = task.app if task is not None else current_app
         # A leader's body runs under the admission lock, which a worker handing over waits for.
-        with leader_admission(app) as view:
-            if view is not None and view.term is not None and view.is_leader():
-                token = _term.set(view.term)
+        with leader_admission(app) as lease:
+            if lease is not None and lease.term is not None and lease.valid():
+                token = _term.set(lease.term)
                 try:
                     return fn(*args, **kwargs)
                 finally:
                     _term.reset(token)
-        return _on_follower(task, app, fn, policy, view)
+        return _on_follower(task, app, fn, policy, lease)
 
     # Celery checks call arguments against the signature it reads from the task function.
     leader_only_body.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
@@ -153,19 +152,19 @@ def _on_follower(
     app: Any,
     fn: Callable[..., Any],
     policy: FollowerPolicy | None,
-    view: SharedView | None,
+    lease: Lease | None,
 ) -> Any:
     settings = worker_settings(app)
     chosen = policy or (settings.follower_policy if settings is not None else "skip")
     request = task.request if task is not None else None
-    worker = view.member_id if view is not None else getattr(request, "hostname", None)
-    leader = view.leader_id if view is not None else None
-    term = view.term if view is not None else None
-    if view is None:
+    worker = lease.member_id if lease is not None else getattr(request, "hostname", None)
+    leader = lease.leader_id if lease is not None else None
+    term = lease.term if lease is not None else None
+    if lease is None:
         _warn_no_step()
     name = task.name if task is not None else fn.__qualname__
     task_id = getattr(request, "id", None)
-    if view is not None and view.role is Role.LEADER:  # claimed but not (or no longer) valid
+    if lease is not None and lease.role is Role.LEADER:  # claimed but not (or no longer) valid
         reason = f"{worker} may not act on its lease of term {term} now"
     else:
         reason = f"{worker or 'this process'} is not the leader (leader: {leader or 'unknown'})"

@@ -1,5 +1,5 @@
-"""The pure logic of the leader-gated beat: nominal due times, occurrence ids, misfire plans and
-the per-entry state kept in the store.
+"""The pure logic of the leader-gated beat: nominal due times, occurrence ids, misfire plans (the
+:class:`PlannedRun` list of each entry) and the per-entry state kept in the store.
 
 Why nominal times: a new leader must name each run exactly as the old leader did, or it cannot
 tell which runs were already sent. A run is named after when it was *due* (``entry@due``), and
@@ -23,8 +23,8 @@ always sent; the missed ones are handled by the misfire policy:
 A stored state whose ``last_due`` lies past the schedule's next due time after now (for an
 interval schedule: more than one period ahead) cannot have been written by a leader whose clock
 agreed with ours - no leader handles a run before it is due. :func:`beyond_schedule` tells; the
-scheduler rebuilds such a state from now (:meth:`EntryState.rebased`) instead of waiting for its
-clock to catch up, silent meanwhile.
+:mod:`~celery_leaderfeed.celery.ledger` rebuilds such a state from now (:meth:`EntryState.rebased`)
+instead of waiting for its clock to catch up, silent meanwhile.
 
 Nothing here does I/O, so all of it is tested without Celery processes or a store.
 """
@@ -40,14 +40,16 @@ from typing import Any
 
 from celery.schedules import schedule as interval_schedule
 
+from ..errors import LeaderfeedError
+
 __all__ = [
     "MAX_LISTED",
     "SCAN_LIMIT",
     "CorruptState",
     "EntryState",
     "Pending",
+    "PlannedRun",
     "ScheduleError",
-    "Step",
     "beyond_schedule",
     "format_due",
     "from_micros",
@@ -56,6 +58,7 @@ __all__ = [
     "parse_occurrence_id",
     "pending",
     "plan",
+    "plan_due",
     "send_headers",
     "to_micros",
 ]
@@ -72,11 +75,11 @@ _MICROSECOND = timedelta(microseconds=1)
 _STATE_FORMAT = 1
 
 
-class ScheduleError(ValueError):
+class ScheduleError(LeaderfeedError, ValueError):
     """A schedule cannot name its next occurrence (e.g. an interval of zero)."""
 
 
-class CorruptState(ValueError):
+class CorruptState(LeaderfeedError, ValueError):
     """A stored entry state is not one this module wrote."""
 
 
@@ -214,37 +217,46 @@ def _pending_walked(schedule: Any, last_due: datetime, now: datetime, keep: int)
 
 
 @dataclass(frozen=True, slots=True)
-class Step:
-    """One atomic move of an entry's state, with at most one send.
+class PlannedRun:
+    """One run as planned: an atomic advance of an entry's state, with at most one send.
 
-    The scheduler claims a step by writing the state advanced to ``advance_to`` (a
-    compare-and-set fenced on its term), then publishes ``send`` if there is one.
+    The scheduler claims it by writing the state advanced to ``advance_to`` (a compare-and-set
+    fenced on its term), then publishes ``send`` if there is one.
     """
 
     advance_to: datetime
-    #: Due time of the occurrence this step sends (None: nothing is sent).
+    #: Due time of the occurrence this run sends (None: nothing is sent).
     send: datetime | None = None
     #: Missed occurrences the send stands for (``run_once``), most recent ``MAX_LISTED``.
     coalesced: tuple[datetime, ...] = ()
     #: How many missed occurrences the send stands for in all.
     coalesced_count: int = 0
-    #: Occurrences this step records as skipped (not sent), starting at ``skipped_from``.
+    #: Occurrences this run records as skipped (not sent), starting at ``skipped_from``.
     skipped: int = 0
     skipped_from: datetime | None = None
     #: The last due time handled before this gap (for the headers and logs).
     missed_after: datetime | None = None
 
 
-def plan(found: Pending, last_due: datetime, policy: str, catch_up_limit: int) -> list[Step]:
-    """The steps that handle ``found`` under ``policy`` (see the module docstring)."""
+def plan_due(
+    schedule: Any, last_due: datetime, now: datetime, policy: str, catch_up_limit: int
+) -> list[PlannedRun]:
+    """The runs that handle what of ``schedule`` is due at ``now`` after ``last_due`` (none:
+    nothing is due), under ``policy``."""
+    found = pending(schedule, last_due, now, keep=max(MAX_LISTED, catch_up_limit) + 1)
+    return [] if found is None else plan(found, last_due, policy, catch_up_limit)
+
+
+def plan(found: Pending, last_due: datetime, policy: str, catch_up_limit: int) -> list[PlannedRun]:
+    """The runs that handle ``found`` under ``policy`` (see the module docstring)."""
     latest = found.latest
     missed = found.count - 1
     if missed == 0:
-        return [Step(advance_to=latest, send=latest)]
+        return [PlannedRun(advance_to=latest, send=latest)]
     if policy == "run_once":
         listed = found.recent[:-1][-MAX_LISTED:]
         return [
-            Step(
+            PlannedRun(
                 advance_to=latest,
                 send=latest,
                 coalesced=listed,
@@ -254,7 +266,7 @@ def plan(found: Pending, last_due: datetime, policy: str, catch_up_limit: int) -
         ]
     if policy == "skip":
         return [
-            Step(
+            PlannedRun(
                 advance_to=latest,
                 send=latest,
                 skipped=missed,
@@ -266,8 +278,8 @@ def plan(found: Pending, last_due: datetime, policy: str, catch_up_limit: int) -
         sent_missed = min(missed, catch_up_limit, len(found.recent) - 1)
         to_send = found.recent[-(sent_missed + 1) :]
         dropped = missed - sent_missed
-        steps = [
-            Step(
+        runs = [
+            PlannedRun(
                 advance_to=to_send[0],
                 send=to_send[0],
                 skipped=dropped,
@@ -275,34 +287,34 @@ def plan(found: Pending, last_due: datetime, policy: str, catch_up_limit: int) -
                 missed_after=last_due,
             )
         ]
-        steps += [Step(advance_to=due, send=due, missed_after=last_due) for due in to_send[1:]]
-        return steps
+        runs += [PlannedRun(advance_to=due, send=due, missed_after=last_due) for due in to_send[1:]]
+        return runs
     raise ValueError(f"unknown misfire policy {policy!r}")
 
 
 def send_headers(
-    entry: str, step: Step, *, term: int, sender: str, sent_at: float
+    entry: str, run: PlannedRun, *, term: int, sender: str, sent_at: float
 ) -> dict[str, Any]:
-    """The message headers stamped on ``step``'s send.
+    """The message headers stamped on ``run``'s send.
 
     ``leaderfeed_occurrence`` is the run this send is; under ``run_once``,
     ``leaderfeed_coalesced`` lists the missed runs it also stands for (the most recent
     ``MAX_LISTED``; ``leaderfeed_missed`` is their full count and ``leaderfeed_missed_after``
     the due time of the run before the gap, so the whole set can be recomputed).
     """
-    assert step.send is not None
+    assert run.send is not None
     headers: dict[str, Any] = {
         "leaderfeed_term": term,
-        "leaderfeed_occurrence": occurrence_id(entry, step.send),
-        "leaderfeed_due": format_due(step.send),
+        "leaderfeed_occurrence": occurrence_id(entry, run.send),
+        "leaderfeed_due": format_due(run.send),
         "leaderfeed_sender": sender,
         "leaderfeed_sent_at": sent_at,
     }
-    if step.coalesced_count:
-        headers["leaderfeed_coalesced"] = [occurrence_id(entry, due) for due in step.coalesced]
-        headers["leaderfeed_missed"] = step.coalesced_count
-    if step.missed_after is not None:
-        headers["leaderfeed_missed_after"] = format_due(step.missed_after)
+    if run.coalesced_count:
+        headers["leaderfeed_coalesced"] = [occurrence_id(entry, due) for due in run.coalesced]
+        headers["leaderfeed_missed"] = run.coalesced_count
+    if run.missed_after is not None:
+        headers["leaderfeed_missed_after"] = format_due(run.missed_after)
     return headers
 
 
@@ -337,15 +349,15 @@ class EntryState:
         than its schedule explains (see :func:`beyond_schedule`)."""
         return replace(self, last_due=from_micros(to_micros(now)), term=term)
 
-    def after(self, step: Step, *, term: int, sent_at: float | None) -> EntryState:
-        """This state once ``step`` is handled by the leader of ``term``."""
+    def after(self, run: PlannedRun, *, term: int, sent_at: float | None) -> EntryState:
+        """This state once ``run`` is handled by the leader of ``term``."""
         return replace(
             self,
-            last_due=step.advance_to,
+            last_due=run.advance_to,
             term=term,
-            runs=self.runs + (1 if step.send is not None else 0),
-            skipped=self.skipped + step.skipped,
-            sent_at=sent_at if step.send is not None else self.sent_at,
+            runs=self.runs + (1 if run.send is not None else 0),
+            skipped=self.skipped + run.skipped,
+            sent_at=sent_at if run.send is not None else self.sent_at,
         )
 
     def encode(self) -> str:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, cast
 
 from ..backends import Backend, backend_class, backend_from_url
+from ..engine.feed import LeaderFeed
 from ..errors import ConfigurationError
 from ..timing import Timing
 from ..urls import redact_options, redact_url, url_scheme
@@ -120,16 +121,15 @@ class LeaderfeedSettings:
         """False if the store lives inside this process (``memory://``)."""
         return backend_class(self.backend_url).shared_across_processes
 
-    def feed_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`~celery_leaderfeed.LeaderFeed` (backend URL aside)."""
-        return {
-            "name": self.name,
-            "heartbeat_interval": self.timing.heartbeat_interval,
-            "election_timeout_min": self.timing.election_timeout_min,
-            "election_timeout_max": self.timing.election_timeout_max,
-            "operation_timeout": self.timing.operation_timeout,
-            "options": dict(self.backend_options),
-        }
+    def feed(self, member_id: str, *, election: str | None = None) -> LeaderFeed:
+        """A member ``member_id``, not yet started, of ``election`` (default: :attr:`name`)."""
+        return LeaderFeed(
+            self.backend_url,
+            name=self.name if election is None else election,
+            member_id=member_id,
+            timing=self.timing,
+            options=self.backend_options,
+        )
 
 
 def _lookup(app: Any, overrides: Mapping[str, Any], key: str) -> Any:

@@ -8,6 +8,11 @@ and a child whose worker died (parent PID changed) finds nothing and stops actin
 ``time.monotonic`` is CLOCK_MONOTONIC, one clock for every process on the machine, so a child
 checks the deadline itself: a stalled or killed worker stops extending it.
 
+Readers get the :class:`~celery_leaderfeed.engine.election.Lease` back, and judge it with
+``lease.valid(now)`` like any other lease. The worker's main process reads its segment the same
+way its children do, so every process of a worker sees one state: while the worker hands over,
+the segment already says follower though its feed still renews.
+
 The segment is a small file in ``/dev/shm`` (memory on Linux; the temp directory elsewhere),
 memory-mapped by each process. ``multiprocessing.shared_memory`` is not used: before Python
 3.13 it registers every attachment with a resource tracker that unlinks the segment when a
@@ -19,8 +24,10 @@ no admitted body still runs (a process that dies drops its lock with it).
 
 Layout, written under a sequence lock (odd while a write is in progress)::
 
-    seq u64 | owner pid i64 | term i64 | valid from f64 | deadline f64 | role u8 | token 32s |
-    leader len u16 | leader 255s | member len u16 | member 255s
+    seq u64 | writer pid i64 | term i64 | valid from f64 | deadline f64 | acquired at f64 |
+    role u8 | token 32s | leader len u16 | leader 255s | member len u16 | member 255s
+
+(``acquired at`` is NaN when unknown.)
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import mmap
 import os
 import struct
@@ -35,19 +43,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..engine.election import Lease, Role
 
-if TYPE_CHECKING:
-    from ..engine.feed import LeaderFeed
-
-__all__ = ["SharedLease", "SharedView", "segment_name"]
+__all__ = ["SharedLease", "segment_name"]
 
 _SEQ = struct.Struct("<Q")
-_BODY = struct.Struct("<qqddB32sH255sH255s")
+_BODY = struct.Struct("<qqdddB32sH255sH255s")
 _SIZE = _SEQ.size + _BODY.size
 _PREFIX = "leaderfeed-"
 _LINUX_SHM = Path("/dev/shm")  # noqa: S108 - Linux's memory-backed file system, not a temp dir
@@ -58,25 +61,6 @@ def segment_name(election: str, owner_pid: int) -> str:
     """File name of ``owner_pid``'s lease in ``election`` (the name is hashed to keep it short)."""
     digest = hashlib.blake2s(election.encode(), digest_size=6).hexdigest()
     return f"{_PREFIX}{owner_pid}-{digest}"
-
-
-@dataclass(frozen=True, slots=True)
-class SharedView:
-    """One consistent reading of the worker's lease."""
-
-    role: Role
-    term: int | None
-    token: str | None
-    valid_from: float
-    deadline: float
-    leader_id: str | None
-    member_id: str
-    owner_pid: int
-
-    def is_leader(self, now: float | None = None) -> bool:
-        """True while the worker holds a lease it may act on (checked against the clock)."""
-        moment = time.monotonic() if now is None else now
-        return self.role is Role.LEADER and self.valid_from <= moment < self.deadline
 
 
 def _encode(text: str | None, limit: int) -> bytes:
@@ -133,18 +117,13 @@ class SharedLease:
 
     # -- writing (the worker's engine thread) -----------------------------------------------------
 
-    def publish(self, feed: LeaderFeed) -> None:
-        """Copy ``feed``'s lease into the segment; use as ``feed.add_observer(lease.publish)``."""
-        self._write(feed.lease, feed.leader_id, feed.id)
-
-    def revoke(self, member_id: str) -> None:
-        """Mark the worker as follower (before resigning, or when its engine stops)."""
-        self._write(Lease(Role.FOLLOWER), None, member_id)
-
-    def _write(self, lease: Lease, leader_id: str | None, member_id: str) -> None:
-        buffer = self._buffer()
-        leader = _encode(leader_id, 255)
-        member = _encode(member_id, 255)
+    def write(self, lease: Lease) -> None:
+        """Publish ``lease`` (with its ``leader_id`` and ``member_id``) to every reader."""
+        buffer = self._memory
+        if buffer.closed:
+            return  # retired: its readers saw the follower lease written before closing
+        leader = _encode(lease.leader_id, 255)
+        member = _encode(lease.member_id, 255)
         self._seq += 1  # odd: readers retry until the write is complete
         _SEQ.pack_into(buffer, 0, self._seq)
         _BODY.pack_into(
@@ -154,6 +133,7 @@ class SharedLease:
             lease.term or 0,
             lease.valid_from,
             lease.deadline,
+            math.nan if lease.acquired_at is None else lease.acquired_at,
             1 if lease.role is Role.LEADER else 0,
             _encode(lease.token, 32),
             len(leader),
@@ -163,6 +143,10 @@ class SharedLease:
         )
         self._seq += 1
         _SEQ.pack_into(buffer, 0, self._seq)
+
+    def revoke(self, member_id: str) -> None:
+        """Mark the worker as follower (before resigning, or when its engine stops)."""
+        self.write(Lease(Role.FOLLOWER, member_id=member_id))
 
     # -- the admission lock --------------------------------------------------------------------
 
@@ -215,32 +199,35 @@ class SharedLease:
 
     # -- reading (any process) ------------------------------------------------------------------
 
-    def read(self) -> SharedView:
-        buffer = self._buffer()
+    def read(self, owner_pid: int) -> Lease | None:
+        """One consistent reading of the lease, if process ``owner_pid`` wrote it.
+
+        None once this segment is closed, or if another process wrote it: a child passes its
+        current parent's PID, so a child whose worker died (its parent PID changed) finds no
+        lease even if the segment's name has been reused.
+        """
+        buffer = self._memory
+        if buffer.closed:
+            return None
         while True:
             before = _SEQ.unpack_from(buffer, 0)[0]
             fields = _BODY.unpack_from(buffer, _SEQ.size)
             if before % 2 == 0 and _SEQ.unpack_from(buffer, 0)[0] == before:
                 break
-        pid, term, valid_from, deadline, role, token, leader_len, leader, member_len, member = (
-            fields
-        )
-        token_text = token.rstrip(b"\0").decode("ascii", "replace")
-        return SharedView(
+        writer, term, valid_from, deadline, acquired_at, role, token, *names = fields
+        if writer != owner_pid:
+            return None
+        leader_len, leader, member_len, member = names
+        return Lease(
             role=Role.LEADER if role else Role.FOLLOWER,
             term=term or None,
-            token=token_text or None,
-            valid_from=valid_from,
+            token=token.rstrip(b"\0").decode("ascii", "replace") or None,
             deadline=deadline,
+            acquired_at=None if math.isnan(acquired_at) else acquired_at,
+            valid_from=valid_from,
             leader_id=leader[:leader_len].decode("utf-8", "replace") or None,
-            member_id=member[:member_len].decode("utf-8", "replace"),
-            owner_pid=pid,
+            member_id=member[:member_len].decode("utf-8", "replace") or None,
         )
-
-    def _buffer(self) -> mmap.mmap:
-        if self._memory.closed:
-            raise ValueError("the shared lease segment is closed")
-        return self._memory
 
     def close(self) -> None:
         """Detach; the owner also removes the segment."""

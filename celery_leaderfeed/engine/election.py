@@ -16,6 +16,12 @@ Safety rests on three rules:
 * a record that is missing or not ours (the store lost it, or never had it) is claimed at once,
   but the new leader acts only ``election_timeout_min`` after sending its claim: any leader the
   store forgot has stopped by then, because its lease was renewed before the loss.
+
+What the owner learns back: :meth:`Election.step` returns a :class:`Turn` (when to step again,
+and whether the change feed went quiet); :attr:`Election.revision` rises with every change of
+the lease, of the record's known state or of the announced role, so the owner notifies its
+observers once per turn however many changes the turn made; listeners' events go out through
+``emit`` as :class:`~.listeners.Event` members with their arguments.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ from ..backends.base import Backend, DataChanged, FeedEvent, RecordChanged
 from ..errors import BackendUnavailable
 from ..record import Observation, WriteResult
 from ..timing import Timing
+from .listeners import Emit, Event
 from .retry import Backoff, FaultLog, refused_pace, report_interval
 
-__all__ = ["FOLLOWING", "Election", "Lease", "Role", "Stats"]
+__all__ = ["FOLLOWING", "Election", "Lease", "Role", "Stats", "Turn"]
 
 logger = logging.getLogger("celery_leaderfeed")
 
@@ -51,7 +58,13 @@ class Role(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """What this member may do, as one immutable snapshot that other threads can read."""
+    """What a member may do, as one immutable snapshot that other threads can read.
+
+    The one type for "may act as leader until ``deadline`` under ``term``": the engine makes
+    it, a worker shares it with its processes (``celery.shared_lease``), and the beat scheduler
+    fences its claims with it. ``leader_id`` and ``member_id`` are filled where a lease leaves
+    its feed (the engine's own leases leave them None: the feed knows both).
+    """
 
     role: Role
     #: The term held while leader: the fencing token to pass to anything the leader writes.
@@ -64,23 +77,29 @@ class Lease:
     #: Monotonic time from which the leader may act: later than ``acquired_at`` only after a
     #: claim over a missing or foreign record, where an unseen earlier leader may still act.
     valid_from: float = -math.inf
+    #: The member the record named as leader when this snapshot was taken (None: vacant).
+    leader_id: str | None = None
+    #: The member this lease belongs to.
+    member_id: str | None = None
 
-    def valid(self, now: float) -> bool:
-        """True while this member may act as leader at monotonic time ``now``."""
-        return self.role is Role.LEADER and self.valid_from <= now < self.deadline
+    def valid(self, now: float | None = None) -> bool:
+        """True while this member may act as leader at monotonic time ``now`` (default: now).
+
+        ``time.monotonic`` is one clock for every process on the machine, so a lease read from
+        another process is judged here the same way.
+        """
+        moment = time.monotonic() if now is None else now
+        return self.role is Role.LEADER and self.valid_from <= moment < self.deadline
+
+    #: The same check, by the name ``LeaderFeed.is_leader`` and task code use.
+    is_leader = valid
 
 
 FOLLOWING = Lease(Role.FOLLOWER)
 
-Emit = Callable[..., None]
 
-
-def _no_event(name: str, *args: object) -> None:
-    del name, args
-
-
-def _no_update() -> None:
-    pass
+def _no_event(event: Event, /, *args: object) -> None:
+    del event, args
 
 
 @dataclass(slots=True)
@@ -94,6 +113,17 @@ class Stats:
     reads: int = 0  #: reads of the record (start-up, after subscribing, while the feed is down)
     feed_events: int = 0  #: events the change feed delivered
     resubscribes: int = 0  #: subscriptions lost or dropped as deaf
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What one :meth:`Election.step` leaves to its owner."""
+
+    #: Seconds until the election needs to step again.
+    delay: float
+    #: The change feed seems deaf - a leader stopped hearing its own renewals, or a refused claim
+    #: showed renewals it never delivered: drop the subscription and subscribe again.
+    feed_quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +146,6 @@ class Election:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         emit: Emit = _no_event,
-        on_update: Callable[[], None] = _no_update,
         faults: FaultLog | None = None,
     ) -> None:
         self.backend = backend
@@ -126,9 +155,11 @@ class Election:
         self.clock = clock
         self.rng = rng or random.Random()
         self.emit = emit
-        self.on_update = on_update
 
         self.lease: Lease = FOLLOWING
+        #: Rises with every change of the lease, of the record's known state or of the announced
+        #: role: the owner notifies observers when it moved since it last looked.
+        self.revision = 0
         self.known: Observation | None = None
         #: Local time at which ``known`` last changed: followers time the leader out from here.
         self.observed_at = -math.inf
@@ -153,8 +184,6 @@ class Election:
 
         self.feed_up = False
         self.feed_seen_at = -math.inf
-        #: Set when the feed seems deaf; the owner drops it and subscribes again.
-        self.feed_suspect = False
         self.stopping = False
         self.stats = Stats()
         #: Failed store calls are retried after this backoff (one heartbeat at most while the
@@ -198,7 +227,7 @@ class Election:
         if isinstance(event, RecordChanged):
             self.observe(event.observation, now, authoritative=False)
         elif isinstance(event, DataChanged):
-            self.emit("change", event.change)
+            self.emit(Event.CHANGE, event.change)
 
     def request_leader(self, member_id: str, now: float) -> None:
         """Start handing leadership to ``member_id`` (``elect``)."""
@@ -230,6 +259,7 @@ class Election:
             return
         self.known = observation
         self.observed_at = now
+        self.revision += 1
         self._report_foreign(observation)
 
         if self.lease.role is Role.LEADER:
@@ -246,7 +276,6 @@ class Election:
             self.nominate_at = now
         self._announce_leader()
         self._schedule_election(now)
-        self.on_update()
 
     def _report_foreign(self, observation: Observation) -> None:
         if observation.corrupt and not self._warned_corrupt:
@@ -271,7 +300,7 @@ class Election:
                 holder or "vacant",
                 term,
             )
-            self.emit("new_leader", holder)
+            self.emit(Event.NEW_LEADER, holder)
 
     def _schedule_election(self, now: float) -> None:
         """When this follower will try to claim, given what it knows."""
@@ -305,9 +334,10 @@ class Election:
 
     # -- the clock -------------------------------------------------------------------------------
 
-    def step(self, now: float) -> float:
-        """Do whatever is due at ``now``; return the seconds until something is due again."""
+    def step(self, now: float) -> Turn:
+        """Do whatever is due at ``now``; say when something is due again (see :class:`Turn`)."""
         lease = self.lease
+        feed_quiet = False
         if lease.role is Role.LEADER and now >= lease.deadline:
             self._step_down(now, "no renewal was acknowledged within the lease")
         self._announce_leadership(now)
@@ -318,11 +348,11 @@ class Election:
         if self._due(self.nominate_at, now):
             self._pursue_request(self.clock())
         if self.lease.role is Role.FOLLOWER and self._due(self.election_at, now):
-            self._claim()
+            feed_quiet = self._claim()
         if self._due(self.read_at, now):
             self._read()
-        self._check_feed(self.clock())
-        return self._next_due(self.clock())
+        feed_quiet = self._check_feed(self.clock()) or feed_quiet
+        return Turn(self._next_due(self.clock()), feed_quiet)
 
     @staticmethod
     def _due(at: float | None, now: float) -> bool:
@@ -365,19 +395,21 @@ class Election:
             result = self.backend.renew(lease.term, lease.token)
         except BackendUnavailable as exc:
             self.stats.renewals_failed += 1
-            self.emit("heartbeat_error", exc)
+            self.emit(Event.HEARTBEAT_ERROR, exc)
             self.renew_at = self.clock() + self._store_failed("renewal", exc)
             return
         self._store_answered()
         if result.ok:
             self.stats.renewals += 1
-            self.lease = Lease(
-                Role.LEADER,
-                lease.term,
-                lease.token,
-                sent + self.timing.lease_duration,
-                lease.acquired_at,
-                lease.valid_from,
+            self._set_lease(
+                Lease(
+                    Role.LEADER,
+                    lease.term,
+                    lease.token,
+                    sent + self.timing.lease_duration,
+                    lease.acquired_at,
+                    lease.valid_from,
+                )
             )
             self.renew_at = sent + self.timing.heartbeat_interval
         self.observe(result.observation, self.clock(), authoritative=True)
@@ -385,9 +417,13 @@ class Election:
             self.stats.renewals_failed += 1
         if not result.ok and self.lease.role is Role.LEADER:
             self._step_down(self.clock(), "the store refused the renewal")
-        self.on_update()
 
-    def _claim(self) -> None:
+    def _set_lease(self, lease: Lease) -> None:
+        self.lease = lease
+        self.revision += 1
+
+    def _claim(self) -> bool:
+        """Claim the record; True if the refusal shows that the feed went deaf."""
         known = self.known
         assert known is not None
         sent = self.clock()
@@ -401,11 +437,12 @@ class Election:
                 min_version=self.max_version + 1,
             )
         except BackendUnavailable as exc:
-            self.emit("heartbeat_error", exc)
+            self.emit(Event.HEARTBEAT_ERROR, exc)
             self.election_at = self.clock() + self._store_failed("claim", exc)
-            return
+            return False
         self._store_answered()
         now = self.clock()
+        feed_quiet = False
         if result.ok:
             self.stats.claims_won += 1
             # Over a record the store lost, a leader it forgot may act until its lease runs
@@ -414,10 +451,11 @@ class Election:
             self._become_leader(result, sent, sent + delay)
         elif self._missed_renewals(known, result.observation, sent):
             # The same leader renewed long ago and the feed never said so: it has gone deaf.
-            self.feed_suspect = True
+            feed_quiet = True
         if not result.ok and result.observation.same_state(known):
             self.known = None  # unchanged yet refused (e.g. new foreign data): start waiting again
         self.observe(result.observation, now, authoritative=True)
+        return feed_quiet
 
     def _missed_renewals(self, known: Observation, current: Observation, sent: float) -> bool:
         """Whether a refused claim shows renewals the feed should have delivered.
@@ -438,13 +476,15 @@ class Election:
     def _become_leader(self, result: WriteResult, sent: float, valid_from: float) -> None:
         record = result.observation.record
         assert record is not None
-        self.lease = Lease(
-            Role.LEADER,
-            record.term,
-            self.token,
-            sent + self.timing.lease_duration,
-            sent,
-            valid_from,
+        self._set_lease(
+            Lease(
+                Role.LEADER,
+                record.term,
+                self.token,
+                sent + self.timing.lease_duration,
+                sent,
+                valid_from,
+            )
         )
         self.renew_at = sent + self.timing.heartbeat_interval
         self.election_at = None
@@ -465,14 +505,14 @@ class Election:
         if self._announced or lease.role is not Role.LEADER or now < lease.valid_from:
             return
         self._announced = True
+        self.revision += 1
         logger.info(
             "leaderfeed %r: %s became leader (term %s)",
             self.backend.name,
             self.member_id,
             lease.term,
         )
-        self.emit("new_state", Role.LEADER)
-        self.on_update()
+        self.emit(Event.NEW_STATE, Role.LEADER, lease.term)
 
     def _read(self) -> None:
         self.stats.reads += 1
@@ -555,7 +595,7 @@ class Election:
         term = self.lease.term
         announced, self._announced = self._announced, True
         self._acted_on_last_term = announced
-        self.lease = FOLLOWING
+        self._set_lease(FOLLOWING)
         self.renew_at = None
         logger.info(
             "leaderfeed %r: %s is follower again (term %s): %s",
@@ -565,11 +605,10 @@ class Election:
             reason,
         )
         if announced:  # a leader that never got to act was never announced
-            self.emit("new_state", Role.FOLLOWER)
+            self.emit(Event.NEW_STATE, Role.FOLLOWER, term)
         self._schedule_election(now)
-        self.on_update()
 
-    def _check_feed(self, now: float) -> None:
+    def _check_feed(self, now: float) -> bool:
         """A leader hears its own renewals on the feed; silence means the feed went deaf."""
         lease = self.lease
         if (
@@ -578,8 +617,9 @@ class Election:
             and lease.acquired_at is not None
             and now - max(self.feed_seen_at, lease.acquired_at) > 3 * self.timing.heartbeat_interval
         ):
-            self.feed_suspect = True
             self.feed_seen_at = now
+            return True
+        return False
 
     # -- stopping ------------------------------------------------------------------------------
 

@@ -2,9 +2,12 @@
 
 Threads, and what each may do:
 
-* the engine thread runs the election: every store call and every role change happens there;
+* the engine thread runs the election: every store call and every role change happens there.
+  Each turn it takes the commands that arrived, steps the election, then - if the lease or the
+  record changed - wakes waiters and calls observers, once however many changes the turn made;
 * a feed thread per subscription only turns what the feed delivers into commands on the
-  engine's queue (a broken feed reports itself the same way and ends);
+  engine's queue (a broken feed reports itself the same way and ends); the engine's
+  :class:`~.subscription.SubscriptionSupervisor` opens them and replaces broken or deaf ones;
 * the listener thread calls user listeners, so a slow listener never delays a renewal.
 
 Other threads only read immutable snapshots (``lease``, ``known``) or queue commands, and
@@ -30,18 +33,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from ..backends import backend_from_url
-from ..backends.base import Backend, FeedEvent, Subscription
+from ..backends.base import Backend
 from ..errors import BackendUnavailable, ConfigurationError, LeaderfeedError, LeaderfeedTimeout
 from ..record import Observation
 from ..timing import Timing
 from .election import Election, Lease, Role, Stats
 from .listeners import Event, Listener, Listeners
 from .retry import Backoff, FaultLog, refused_pace, report_interval
+from .subscription import FeedItem, FeedLost, SubscriptionSupervisor
 
 __all__ = ["LeaderFeed", "Status"]
 
@@ -66,52 +71,11 @@ def default_member_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _FeedItem:
-    generation: int
-    event: FeedEvent
-
-
-@dataclass(frozen=True, slots=True)
-class _FeedLost:
-    generation: int
-    error: BaseException
-
-
-@dataclass(frozen=True, slots=True)
 class _Elect:
     member_id: str
 
 
 _STOP = object()
-_POLL_SECONDS = 0.25
-
-
-class _FeedPump(threading.Thread):
-    """Moves one subscription's events onto the engine queue until closed or broken."""
-
-    def __init__(
-        self, subscription: Subscription, generation: int, sink: Callable[[object], None], name: str
-    ) -> None:
-        super().__init__(name=name, daemon=True)
-        self.subscription = subscription
-        self.generation = generation
-        self.sink = sink
-        self._closed = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._closed.is_set():
-                for event in self.subscription.poll(_POLL_SECONDS):
-                    self.sink(_FeedItem(self.generation, event))
-        except Exception as exc:  # noqa: BLE001 - any failure means the feed is gone
-            if not self._closed.is_set():
-                self.sink(_FeedLost(self.generation, exc))
-        finally:
-            self.subscription.close()
-
-    def close(self) -> None:
-        """Ask the pump to end; it closes the subscription from its own thread."""
-        self._closed.set()
 
 
 class LeaderFeed:
@@ -126,6 +90,10 @@ class LeaderFeed:
     ``is_leader`` turns False by itself when the lease runs out, even if the engine thread is
     stuck or the process was paused; pass ``term`` to anything the leader writes so the
     receiver can refuse writes from an older term.
+
+    Timings come as a :class:`~celery_leaderfeed.Timing` (``timing=Timing(...)``) or as the
+    keywords ``heartbeat_interval``, ``election_timeout_min``, ``election_timeout_max`` and
+    ``operation_timeout``, not both.
     """
 
     def __init__(
@@ -134,15 +102,17 @@ class LeaderFeed:
         *,
         name: str = "default",
         member_id: str | None = None,
-        heartbeat_interval: float = 1.0,
-        election_timeout_min: float = 3.0,
-        election_timeout_max: float = 4.0,
+        timing: Timing | None = None,
+        heartbeat_interval: float | None = None,
+        election_timeout_min: float | None = None,
+        election_timeout_max: float | None = None,
         operation_timeout: float | None = None,
         create_if_missing: bool = True,
         options: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.timing = Timing(
+        self.timing = _timing(
+            timing,
             heartbeat_interval=heartbeat_interval,
             election_timeout_min=election_timeout_min,
             election_timeout_max=election_timeout_max,
@@ -165,30 +135,16 @@ class LeaderFeed:
         self._id = member_id
         self._create_if_missing = bool(create_if_missing)
         self._clock = clock
-        self._rng = random.Random()
         self._listeners = Listeners(f"leaderfeed-listeners[{self.backend.name}]")
         self._observers: list[Callable[[LeaderFeed], None]] = []
         self._changed = threading.Condition()
         self._status = Status.STOPPED
         self._lifecycle = threading.Lock()
+        # What start() creates for one run of the engine (kept after stop for the properties).
         self._election: Election | None = None
-        self._thread: threading.Thread | None = None
+        self._subscription: SubscriptionSupervisor | None = None
         self._commands: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
-        self._retry = False
-        self._pump: _FeedPump | None = None
-        self._generation = 0
-        self._resubscribe_at: float | None = None
-        refused = refused_pace(self.timing)
-        self._backoff = Backoff(
-            self._rng, 0.05, max(2.0, self.timing.heartbeat_interval), refused_cap=refused
-        )
-        label, every = f"leaderfeed {self.name!r}", report_interval(self.timing)
-        #: Faults of the record's reads and writes (the election's) and of the change feed.
-        self._store_faults = FaultLog(logger, label, every)
-        self._feed_faults = FaultLog(logger, label, every)
-        self._engine_faults = FaultLog(logger, label, every)
+        self._thread: threading.Thread | None = None
 
     # -- identity and state --------------------------------------------------------------------
 
@@ -237,7 +193,10 @@ class LeaderFeed:
     @property
     def fault(self) -> str | None:
         """What fails while the store or its change feed fails (password hidden), else None."""
-        return self._store_faults.current or self._feed_faults.current
+        election, subscription = self._election, self._subscription
+        if election is None or subscription is None:
+            return None
+        return election.faults.current or subscription.faults.current
 
     @property
     def leader_id(self) -> str | None:
@@ -270,7 +229,8 @@ class LeaderFeed:
         self._listeners.remove(event, listener)
 
     def add_observer(self, observer: Callable[[LeaderFeed], None]) -> None:
-        """Call ``observer(feed)`` on the engine thread after every change, renewals included.
+        """Call ``observer(feed)`` on the engine thread after each turn that changed the lease
+        or the record (so once per renewal), and when the feed starts and stops.
 
         For integrations that mirror the lease elsewhere (the Celery step writes it to shared
         memory); it must be quick and must not block.
@@ -290,40 +250,42 @@ class LeaderFeed:
             if self._status is not Status.STOPPED:
                 raise LeaderfeedError(f"cannot start a feed that is {self._status.value}")
             self._status = Status.STARTING
-            self._retry = retry
-            self._started.clear()
-            self._start_error = None
-            self._commands = queue.SimpleQueue()
-            self._election = Election(
+            rng = random.Random()
+            commands: queue.SimpleQueue[object] = queue.SimpleQueue()
+            self._commands = commands
+            # Done once the engine joined the election, or with the error that stopped it.
+            started: futures.Future[None] = futures.Future()
+            self._election = election = Election(
                 self.backend,
                 self._id,
                 uuid.uuid4().hex,
                 self.timing,
                 clock=self._clock,
-                rng=self._rng,
+                rng=rng,
                 emit=self._listeners.emit,
-                on_update=self._updated,
-                faults=self._store_faults,
+            )
+            self._subscription = subscription = SubscriptionSupervisor(
+                self.backend, election, commands.put, rng=rng, emit=self._listeners.emit
             )
             self._listeners.start()
             self._thread = threading.Thread(
-                target=self._run, name=f"leaderfeed-engine[{self.name}]", daemon=True
+                target=self._run,
+                args=(election, subscription, started, retry),
+                name=f"leaderfeed-engine[{self.name}]",
+                daemon=True,
             )
             self._thread.start()
         if retry:
             return self
         wait = timeout if timeout is not None else 3 * self.timing.timeout + 1.0
-        if not self._started.wait(wait):
+        if not futures.wait([started], wait).done:
             self.stop()
             raise LeaderfeedTimeout(f"start did not finish within {wait:g} s")
-        self._raise_start_failure()
-        return self
-
-    def _raise_start_failure(self) -> None:
-        error = self._start_error
+        error = started.exception()
         if error is not None:
             self.stop()
             raise error
+        return self
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop; a leader first stops acting, then resigns so another member leads at once."""
@@ -392,7 +354,8 @@ class LeaderFeed:
 
     # -- the engine thread -------------------------------------------------------------------------
 
-    def _updated(self) -> None:
+    def _notify(self) -> None:
+        """Wake waiters and call observers: after a turn that changed something, start, stop."""
         with self._changed:
             self._changed.notify_all()
         for observer in self._observers:
@@ -401,31 +364,42 @@ class LeaderFeed:
             except Exception:
                 logger.exception("leaderfeed observer %r raised", observer)
 
-    def _run(self) -> None:
-        election = self._election
-        assert election is not None
+    def _run(
+        self,
+        election: Election,
+        subscription: SubscriptionSupervisor,
+        started: futures.Future[None],
+        retry: bool,
+    ) -> None:
         try:
-            if self._open(election):
+            if self._open(election, subscription, started, retry):
                 self._status = Status.STARTED
-                self._started.set()
-                self._updated()
-                self._loop(election)
+                started.set_result(None)
+                self._notify()
+                self._loop(election, subscription)
         finally:
             self._status = Status.STOPPING
             try:
                 election.shutdown()
             except Exception:
                 logger.exception("leaderfeed %r: error while resigning", self.name)
-            self._drop_feed()
+            subscription.close()
             self.backend.close()
             self._status = Status.STOPPED
-            self._started.set()
-            self._updated()
+            if not started.done():  # stopped before it had started
+                started.set_result(None)
+            self._notify()
 
-    def _open(self, election: Election) -> bool:
-        """Connect and read the record; retry with backoff if asked to. False: stopped first."""
+    def _open(
+        self,
+        election: Election,
+        subscription: SubscriptionSupervisor,
+        started: futures.Future[None],
+        retry: bool,
+    ) -> bool:
+        """Connect and read the record; retry with backoff if asked to. False: not started."""
         backoff = Backoff(
-            self._rng,
+            election.rng,
             0.1,
             max(5.0, self.timing.heartbeat_interval),
             refused_cap=refused_pace(self.timing),
@@ -435,53 +409,59 @@ class LeaderFeed:
                 self.backend.connect()
                 if self._create_if_missing:
                     self.backend.create()
-                self._subscribe(election)
+                subscription.subscribe()
                 election.bootstrap()
-                self._store_faults.recovered(self._clock(), "joining the election")
+                election.faults.recovered(self._clock(), "joining the election")
                 return True
             except BackendUnavailable as exc:
-                self._drop_feed()
-                if not self._retry:
-                    self._start_error = exc
+                subscription.close()
+                if not retry:
+                    started.set_exception(exc)
                     return False
-                self._store_faults.failed(
+                election.faults.failed(
                     self._clock(),
                     "joining the election",
                     exc,
                     note="; retrying, following meanwhile",
                 )
-                self._listeners.emit(Event.HEARTBEAT_ERROR.value, exc)
+                self._listeners.emit(Event.HEARTBEAT_ERROR, exc)
                 if self._take(backoff.next(exc)) is _STOP:
                     return False
             except Exception as exc:  # noqa: BLE001 - reported to start() and the log
                 # A configuration the store refuses (or a bug) will not heal by retrying.
-                self._drop_feed()
-                self._start_error = exc
+                subscription.close()
+                started.set_exception(exc)
                 logger.error("leaderfeed %r: cannot start: %s", self.name, exc)
                 return False
 
-    def _loop(self, election: Election) -> None:
+    def _loop(self, election: Election, subscription: SubscriptionSupervisor) -> None:
+        """Turn after turn: step the election, notify if it changed, take the commands."""
         backoff = Backoff(
-            self._rng, self.timing.heartbeat_interval / 4, self.timing.heartbeat_interval
+            election.rng, self.timing.heartbeat_interval / 4, self.timing.heartbeat_interval
         )
+        faults = FaultLog(logger, f"leaderfeed {self.name!r}", report_interval(self.timing))
+        notified = election.revision
         while True:
             try:
-                delay = self._tick(election)
+                delay = self._step(election, subscription)
             except Exception as exc:  # noqa: BLE001 - reported (with its traceback) below
                 # A bug must not kill the election: report it and keep the clock running.
-                self._engine_faults.failed(self._clock(), "the engine", exc)
+                faults.failed(self._clock(), "the engine", exc)
                 delay = backoff.next(exc)
             else:
                 backoff.reset()
-                self._engine_faults.recovered(self._clock(), "the engine")
+                faults.recovered(self._clock(), "the engine")
+            if election.revision != notified:
+                notified = election.revision
+                self._notify()
             command = self._take(delay)
             while command is not None:
                 if command is _STOP:
                     return
                 try:
-                    self._handle(election, command)
+                    self._handle(election, subscription, command)
                 except Exception as exc:  # noqa: BLE001 - reported (with its traceback)
-                    self._engine_faults.failed(self._clock(), f"handling {command!r}", exc)
+                    faults.failed(self._clock(), f"handling {command!r}", exc)
                 command = self._take(0)
 
     def _take(self, timeout: float) -> object | None:
@@ -492,69 +472,32 @@ class LeaderFeed:
         except queue.Empty:
             return None
 
-    def _tick(self, election: Election) -> float:
-        delay = election.step(self._clock())
+    def _step(self, election: Election, subscription: SubscriptionSupervisor) -> float:
+        turn = election.step(self._clock())
         now = self._clock()
-        if election.feed_suspect:
-            election.feed_suspect = False
-            quiet = BackendUnavailable("it went quiet while renewals went on")
-            self._feed_faults.failed(now, "the change feed", quiet, note="; subscribing again")
-            self._drop_feed()
-            election.feed_lost(now)
-            self._resubscribe_at = now
-        if self._pump is None and self._resubscribe_at is not None and now >= self._resubscribe_at:
-            self._subscribe(election)
-        if self._resubscribe_at is not None:
-            delay = min(delay, max(0.0, self._resubscribe_at - self._clock()))
-        return delay
+        if turn.feed_quiet:
+            subscription.went_quiet(now)
+        return min(turn.delay, subscription.tick(now))
 
-    def _handle(self, election: Election, command: object) -> None:
+    def _handle(
+        self, election: Election, subscription: SubscriptionSupervisor, command: object
+    ) -> None:
         now = self._clock()
-        if isinstance(command, _FeedItem):
-            if command.generation == self._generation:
-                # It delivers, so it works: a feed that breaks right after each subscribe
-                # keeps backing off instead.
-                self._backoff.reset()
-                self._feed_faults.recovered(now, "the change feed")
-                election.feed_event(command.event, now)
-        elif isinstance(command, _FeedLost):
-            if command.generation == self._generation and self._pump is not None:
-                self._pump = None
-                self._feed_failed(election, command.error, now)
+        if isinstance(command, FeedItem | FeedLost):
+            subscription.deliver(command, now)
         elif isinstance(command, _Elect):
             election.request_leader(command.member_id, now)
 
-    def _subscribe(self, election: Election) -> None:
-        try:
-            subscription = self.backend.subscribe()
-        except BackendUnavailable as exc:
-            self._feed_failed(election, exc, self._clock())
-            return
-        self._generation += 1
-        self._pump = _FeedPump(
-            subscription, self._generation, self._commands.put, f"leaderfeed-feed[{self.name}]"
-        )
-        self._pump.start()
-        self._resubscribe_at = None
-        election.feed_started(self._clock())
-        logger.debug("leaderfeed %r: subscribed to %s", self.name, self.backend.display_url)
-        self._listeners.emit(Event.SUBSCRIBE_STARTED.value)
 
-    def _feed_failed(self, election: Election, error: BaseException, now: float) -> None:
-        delay = self._backoff.next(error)
-        self._feed_faults.failed(
-            now,
-            "the change feed",
-            error,
-            note=f"; reading the record every {self.timing.heartbeat_interval:g} s and "
-            f"subscribing again with backoff",
+def _timing(timing: Timing | None, **seconds: float | None) -> Timing:
+    """``timing``, or one built from the keyword timings given (Timing's defaults for the rest)."""
+    given = {key: value for key, value in seconds.items() if value is not None}
+    if timing is None:
+        return Timing(**given)
+    if given:
+        raise ConfigurationError(
+            f"pass timing= or the keyword timings, not both (got timing and {', '.join(given)})"
         )
-        self._listeners.emit(Event.SUBSCRIBE_ERROR.value, error)
-        election.feed_lost(now)
-        self._resubscribe_at = now + delay
-
-    def _drop_feed(self) -> None:
-        pump, self._pump = self._pump, None
-        if pump is not None:
-            self._generation += 1  # anything still in flight from it is now stale
-            pump.close()
+    if not isinstance(timing, Timing):
+        raise ConfigurationError(f"timing must be a Timing, got {timing!r}")
+    return timing

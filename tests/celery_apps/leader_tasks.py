@@ -21,8 +21,8 @@ from celery import Celery
 
 import celery_leaderfeed
 from celery_leaderfeed import leader_only
-from celery_leaderfeed.celery.bootstep import current_lease
 from celery_leaderfeed.celery.decorators import current_term
+from celery_leaderfeed.celery.worker_lease import current_lease
 
 CONF: dict[str, Any] = json.loads(os.environ.get("LEADERFEED_TEST_CONF", "{}"))
 RUNS_KEY = os.environ.get("LEADERFEED_TEST_KEY", "leaderfeed-test:runs")

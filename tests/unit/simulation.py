@@ -42,6 +42,7 @@ class Member:
     paused: bool = False
     deaf: bool = False  # its feed silently delivers nothing
     subscription: object | None = None
+    feed_went_quiet: bool = False  # a step ever judged its feed deaf
 
     def subscribe(self) -> None:
         try:
@@ -66,11 +67,15 @@ class Member:
         for event in events:
             self.election.feed_event(event, self.clock())
 
+    def step(self, now: float) -> None:
+        if self.election.step(now).feed_quiet:
+            self.feed_went_quiet = True
+
     def tick(self) -> None:
         if self.paused:
             return
         self.pump()
-        self.election.step(self.clock())
+        self.step(self.clock())
 
     @property
     def leading(self) -> bool:
@@ -100,7 +105,7 @@ class Cluster:
             self.timing,
             clock=self.clock,
             rng=random.Random(self.rng.random()),
-            emit=lambda name, *args: member.events.append((name, args)),
+            emit=lambda event, *args: member.events.append((event, args)),
         )
         member.subscribe()
         member.election.bootstrap()

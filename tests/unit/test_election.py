@@ -255,7 +255,7 @@ def test_a_follower_whose_feed_went_deaf_notices_on_its_failed_claim() -> None:
     settle(cluster)
     follower = next(m for m in cluster.members if not m.leading)
     follower.deaf = True
-    cluster.run_until(lambda: follower.election.feed_suspect, HIGH + 1)
+    cluster.run_until(lambda: follower.feed_went_quiet, HIGH + 1)
     assert len(cluster.terms()) == 1
 
 
@@ -268,18 +268,18 @@ def test_losing_a_claim_race_is_not_taken_for_a_deaf_feed() -> None:
     # Both time the leader out at once; the second claims before its feed shows the first's.
     now = cluster.clock()
     first.election.election_at = second.election.election_at = now
-    first.election.step(now)
-    second.election.step(now)
+    first.step(now)
+    second.step(now)
     assert first.election.stats.claims == second.election.stats.claims == 1
     assert first.election.stats.claims_won + second.election.stats.claims_won == 1
-    assert not first.election.feed_suspect and not second.election.feed_suspect
+    assert not first.feed_went_quiet and not second.feed_went_quiet
 
 
 def test_a_leader_whose_feed_went_deaf_notices_its_own_silence() -> None:
     cluster = Cluster(1)
     leader = cluster.member(settle(cluster))
     leader.deaf = True
-    took = cluster.run_until(lambda: leader.election.feed_suspect, 5 * HEARTBEAT)
+    took = cluster.run_until(lambda: leader.feed_went_quiet, 5 * HEARTBEAT)
     # 3 heartbeats after the last renewal it heard, which came at most one heartbeat earlier.
     assert 2 * HEARTBEAT <= took <= 3 * HEARTBEAT + 0.05
     assert leader.leading

@@ -17,8 +17,10 @@ from celery_leaderfeed import (
     LeaderfeedTimeout,
     Role,
     Status,
+    Timing,
 )
 from celery_leaderfeed.backends.memory import MemoryStore, memory_store
+from celery_leaderfeed.celery.settings import LeaderfeedSettings
 from harness.helpers import wait_until
 
 FAST = {"heartbeat_interval": 0.05, "election_timeout_min": 0.15, "election_timeout_max": 0.25}
@@ -180,6 +182,53 @@ def test_observers_see_every_renewal(url: str) -> None:
     assert stats.claims == stats.claims_won == 1
     assert stats.renewals >= 2 and stats.renewals_failed == 0
     assert stats.feed_events >= stats.renewals - 1  # it hears its own renewals
+
+
+def test_observers_are_called_once_per_renewal(url: str) -> None:
+    # A renewal changes the lease and the record: one notification for both, so the worker's
+    # shared segment is written once per heartbeat.
+    renewals: list[int] = []
+    feed = LeaderFeed(url, **FAST)
+    feed.add_observer(lambda f: renewals.append(f.stats.renewals))
+    with feed:
+        assert feed.wait_for_leadership(5)
+        first = feed.stats.renewals
+        wait_until(lambda: feed.stats.renewals >= first + 8, 5, message="renewals")
+        seen = list(renewals)
+    steady = seen[-6:]
+    assert steady == list(range(steady[0], steady[0] + 6)), seen
+
+
+def test_new_state_passes_the_term_to_listeners_that_take_it(url: str) -> None:
+    both: list[tuple[Role, int]] = []
+    roles: list[Role] = []
+    feed = LeaderFeed(url, **FAST)
+    feed.on(Event.NEW_STATE, lambda role, term: both.append((role, term)))
+    feed.on(Event.NEW_STATE, roles.append)  # one argument: the role alone, as before
+    with feed:
+        assert feed.wait_for_leadership(5)
+        term = feed.term
+    assert term is not None
+    wait_until(lambda: len(both) == 2, 2, message="both changes of role")
+    assert both == [(Role.LEADER, term), (Role.FOLLOWER, term)]
+    assert roles == [Role.LEADER, Role.FOLLOWER]
+
+
+def test_timings_come_as_a_timing_or_as_keywords(url: str) -> None:
+    timing = Timing(**FAST)
+    assert LeaderFeed(url, timing=timing).timing is timing
+    assert LeaderFeed(url, **FAST).timing == timing
+    assert LeaderFeed(url).timing == Timing()
+    with pytest.raises(ConfigurationError, match="not both"):
+        LeaderFeed(url, timing=timing, heartbeat_interval=0.05)
+
+
+def test_settings_hand_their_timing_to_the_feed(url: str) -> None:
+    timing = Timing(**FAST)
+    settings = LeaderfeedSettings(backend_url=url, name="app", timing=timing)
+    feed = settings.feed("me", election="app.beat")
+    assert (feed.timing, feed.name, feed.id) == (timing, "app.beat", "me")
+    assert feed.timing is timing
 
 
 def test_repr_never_shows_a_password() -> None:
