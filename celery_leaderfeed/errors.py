@@ -8,6 +8,8 @@ Every exception derives from :class:`LeaderfeedError`::
     ├── BackendUnavailable      the store could not be reached or did not answer in time
     │   └── StoreRefused        the store answered but refuses us; retrying alone cannot fix it
     ├── InvalidRecord           the store holds something that is not a leader record of ours
+    ├── ScheduleError           a beat schedule cannot name its next run (celery.occurrences)
+    ├── CorruptState            a stored schedule state is not one we wrote (celery.occurrences)
     ├── NotLeaderError          an operation that needs leadership ran on a follower
     └── LeaderfeedTimeout       a wait (start, elect, wait_for_leader) ran out of time
 

@@ -21,8 +21,9 @@ from celery.utils.imports import load_extension_class_names
 
 from celery_leaderfeed import LeaderFeed
 from celery_leaderfeed.backends.memory import MemoryBackend, memory_store
+from celery_leaderfeed.celery.beat_leadership import OwnElection, WorkerElection
 from celery_leaderfeed.celery.occurrences import EntryState, occurrence_id
-from celery_leaderfeed.celery.scheduler import LeaderScheduler, OwnElection, WorkerElection
+from celery_leaderfeed.celery.scheduler import LeaderScheduler
 from celery_leaderfeed.engine.election import Lease, Role
 from harness.helpers import wait_until
 

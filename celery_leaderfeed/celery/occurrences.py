@@ -40,7 +40,7 @@ from typing import Any
 
 from celery.schedules import schedule as interval_schedule
 
-from ..errors import LeaderfeedError
+from ..errors import ConfigurationError, LeaderfeedError
 
 __all__ = [
     "MAX_LISTED",
@@ -76,7 +76,8 @@ _STATE_FORMAT = 1
 
 
 class ScheduleError(LeaderfeedError, ValueError):
-    """A schedule cannot name its next occurrence (e.g. an interval of zero)."""
+    """A schedule cannot name its next occurrence (e.g. an interval of zero), or a time or
+    occurrence id given to this module is not one it can read."""
 
 
 class CorruptState(LeaderfeedError, ValueError):
@@ -89,7 +90,7 @@ class CorruptState(LeaderfeedError, ValueError):
 def to_micros(moment: datetime) -> int:
     """Microseconds since the Unix epoch of an aware datetime (exact)."""
     if moment.tzinfo is None:
-        raise ValueError(f"naive datetime {moment!r}: pass an aware one")
+        raise ScheduleError(f"naive datetime {moment!r}: pass an aware one")
     return (moment - _EPOCH) // _MICROSECOND
 
 
@@ -112,7 +113,7 @@ def parse_occurrence_id(occurrence: str) -> tuple[str, datetime]:
     """``(entry, due)`` from an occurrence id (entry names may contain ``@``)."""
     entry, sep, due = occurrence.rpartition("@")
     if not sep or not entry:
-        raise ValueError(f"not an occurrence id: {occurrence!r}")
+        raise ScheduleError(f"not an occurrence id: {occurrence!r}")
     moment = datetime.strptime(due, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
     return entry, moment
 
@@ -289,7 +290,7 @@ def plan(found: Pending, last_due: datetime, policy: str, catch_up_limit: int) -
         ]
         runs += [PlannedRun(advance_to=due, send=due, missed_after=last_due) for due in to_send[1:]]
         return runs
-    raise ValueError(f"unknown misfire policy {policy!r}")
+    raise ConfigurationError(f"unknown misfire policy {policy!r}")
 
 
 def send_headers(

@@ -28,18 +28,16 @@ no new one once it has spent that long.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
 import random
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
 from ._extras import celery_extra
 
@@ -47,12 +45,12 @@ with celery_extra():
     import click
     from celery.beat import BeatLazyFunc, Scheduler
 
-from ..engine.election import Lease, Role
-from ..engine.feed import LeaderFeed
+from ..engine.election import Lease
 from ..engine.retry import Backoff, FaultLog, refused_pace, report_interval
 from ..errors import BackendUnavailable, ConfigurationError
 from ..timing import Timing
 from ..urls import redact_url
+from .beat_leadership import Leadership, WorkerElection, choose_leadership, fence
 from .ledger import Claim, OccurrenceLedger
 from .occurrences import (
     EntryState,
@@ -64,16 +62,9 @@ from .occurrences import (
     send_headers,
 )
 from .rival_beat import RivalBeatWatch
-from .settings import LeaderfeedSettings, resolve_settings, unknown_settings
-from .worker_lease import current_lease
+from .settings import LeaderfeedSettings, resolve_settings
 
-__all__ = [
-    "BeatConfigurationError",
-    "LeaderScheduler",
-    "Leadership",
-    "OwnElection",
-    "WorkerElection",
-]
+__all__ = ["BeatConfigurationError", "LeaderScheduler"]
 
 logger = logging.getLogger("celery_leaderfeed.beat")
 
@@ -89,81 +80,6 @@ class BeatConfigurationError(ConfigurationError, click.ClickException):
 
     def __init__(self, message: str) -> None:
         click.ClickException.__init__(self, f"leaderfeed: {message}")
-
-
-class Leadership(Protocol):
-    """Where a scheduler's leadership comes from."""
-
-    #: The election whose leader record fences the schedule state.
-    election: str
-
-    def start(self) -> None: ...
-
-    def lease(self) -> Lease | None:
-        """The current leader's lease, its term, token and ``member_id`` (the sender) set; None
-        while following. The scheduler checks ``lease.valid(now)`` before it acts."""
-
-    def close(self) -> None: ...
-
-
-def _leading(lease: Lease | None) -> Lease | None:
-    """``lease`` if it is a leader's that can fence claims (it names a term and token)."""
-    if lease is None or lease.role is not Role.LEADER or lease.term is None or not lease.token:
-        return None
-    return lease
-
-
-def _fence(lease: Lease) -> tuple[int, str]:
-    """The term and token the store compares before it applies a claim under ``lease``."""
-    assert lease.term is not None and lease.token is not None, "only a leader's lease fences"
-    return lease.term, lease.token
-
-
-class OwnElection:
-    """Standalone beat: its own LeaderFeed (resigns on close so another beat takes over)."""
-
-    def __init__(self, feed: LeaderFeed) -> None:
-        self.feed = feed
-        self.election = feed.name
-
-    def start(self) -> None:
-        self.feed.start(retry=True)
-
-    def lease(self) -> Lease | None:
-        lease = _leading(self.feed.lease)
-        return None if lease is None else dataclasses.replace(lease, member_id=self.feed.id)
-
-    def close(self) -> None:
-        self.feed.stop()
-
-
-class WorkerElection:
-    """Embedded beat of a worker with the LeaderFeedStep: follows the worker's shared lease."""
-
-    def __init__(self, election: str, read: Callable[[], Lease | None]) -> None:
-        self.election = election
-        self._read = read
-
-    def start(self) -> None:
-        pass
-
-    def lease(self) -> Lease | None:
-        return _leading(self._read())
-
-    def close(self) -> None:
-        pass
-
-
-def _choose_leadership(app: Any, settings: LeaderfeedSettings) -> Leadership:
-    """The worker's lease when this beat runs beside a worker's step, else an election of its
-    own."""
-    if current_lease(app) is not None:
-        # Its worker warned about the settings.
-        return WorkerElection(settings.name, functools.partial(current_lease, app))
-    _warn_about_settings(app, settings)
-    member = f"beat@{socket.gethostname()}:{os.getpid()}"
-    feed = settings.feed(member, election=settings.beat_name)
-    return OwnElection(feed)
 
 
 def _in_embedded_beat() -> bool:
@@ -219,19 +135,6 @@ def _describe_timing(settings: LeaderfeedSettings) -> str:
     )
 
 
-def _warn_about_settings(app: Any, settings: LeaderfeedSettings) -> None:
-    """Once, as a beat that elects on its own starts: keys no setting reads, a private store."""
-    for warning in unknown_settings(app):
-        logger.warning("leaderfeed: %s", warning)
-    if not settings.shared_across_processes:
-        logger.warning(
-            "leaderfeed: leaderfeed_backend %s keeps this beat's election inside its process: "
-            "another beat cannot see it and would send every run too (fine for one beat or "
-            "tests)",
-            redact_url(settings.backend_url),
-        )
-
-
 class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
     """Beat scheduler that sends due entries only while leader (``-S leaderfeed``).
 
@@ -281,7 +184,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         try:
             settings = self._settings = resolve_settings(self.app)
             if self._leadership is None:
-                self._leadership = _choose_leadership(self.app, settings)
+                self._leadership = choose_leadership(self.app, settings)
             store = settings.store(self._leadership.election)
         except ConfigurationError as exc:
             logger.critical("leaderfeed: %s", exc)
@@ -373,7 +276,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
             if ledger.refusals > 1:
                 # Refused again, with the states read afresh in between: a lost race would
                 # have ended there, so back off and say why.
-                why = ledger.why_refused(*_fence(lease))
+                why = ledger.why_refused(*fence(lease))
                 pacing.store.failed(
                     self._monotonic(), "claiming schedule state", why, note="; retrying"
                 )
@@ -419,7 +322,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         """Handle every entry as leader; the seconds until the next one is due."""
         assert self._settings is not None
         budget_end = self._monotonic() + self._settings.timing.timeout
-        ledger.read(*_fence(lease))
+        ledger.read(*fence(lease))
         if not self._leading:
             self._leading = True
             logger.info("beat: leading in term %d; sending periodic tasks", lease.term)
@@ -444,7 +347,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         settings = self._settings
         assert settings is not None
         name: str = entry.name
-        term, token = _fence(lease)
+        term, token = fence(lease)
         now = self._clock()
         state, rebuilt = ledger.state(name, entry.schedule, now, term=term)
         if rebuilt:
@@ -486,7 +389,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         if run.send is not None:
             self.producer  # noqa: B018 - connect to the broker before claiming, not after
         with _termination_deferred():
-            if ledger.claim(*_fence(lease), entry.name, new) is Claim.REFUSED:
+            if ledger.claim(*fence(lease), entry.name, new) is Claim.REFUSED:
                 return Claim.REFUSED
             error = self._publish(entry, run, new, lease)
             if error is not None:
@@ -509,7 +412,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         assert run.send is not None
         occurrence = occurrence_id(name, run.send)
         try:
-            released: Claim | None = ledger.release(*_fence(lease), name)
+            released: Claim | None = ledger.release(*fence(lease), name)
         except BackendUnavailable:
             released = None
         if released is not Claim.CLAIMED:
@@ -529,7 +432,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
         if run.send is None:
             return None
         assert new.sent_at is not None
-        term, _ = _fence(lease)
+        term, _ = fence(lease)
         sender = lease.member_id or ""
         headers = send_headers(entry.name, run, term=term, sender=sender, sent_at=new.sent_at)
         options = dict(entry.options or {})

@@ -6,7 +6,7 @@ delivered (:meth:`Election.observe`, :meth:`Election.feed_lost`, ...) and calls
 and returns the seconds until it next needs to run. With an injected clock the whole machine is
 testable without threads or sleeps.
 
-Safety rests on three rules:
+Safety rests on four rules:
 
 * every change of holder is a compare-and-set in the store that raises the term;
 * a follower claims only after it has seen the record unchanged for a random time of at least
