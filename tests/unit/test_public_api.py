@@ -1,0 +1,39 @@
+"""The names users import keep working wherever the modules behind them live."""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+import pytest
+
+import celery_leaderfeed
+
+
+@pytest.mark.parametrize("name", celery_leaderfeed.__all__)
+def test_every_public_name_is_importable_from_the_package(name: str) -> None:
+    assert getattr(celery_leaderfeed, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("public", "inner", "name"),
+    [
+        ("celery_leaderfeed.beat", "celery_leaderfeed.celery.scheduler", "LeaderScheduler"),
+        ("celery_leaderfeed.signals", "celery_leaderfeed.celery.signals", "leadership_gained"),
+        ("celery_leaderfeed.signals", "celery_leaderfeed.celery.signals", "leadership_lost"),
+    ],
+)
+def test_documented_module_paths_name_the_objects_the_package_uses(
+    public: str, inner: str, name: str
+) -> None:
+    shown = getattr(importlib.import_module(public), name)
+    assert shown is getattr(importlib.import_module(inner), name)
+
+
+@pytest.mark.parametrize(
+    ("group", "name"),
+    [("celery.beat_schedulers", "leaderfeed"), ("celery.commands", "leaderfeed")],
+)
+def test_entry_points_load(group: str, name: str) -> None:
+    (point,) = [p for p in entry_points(group=group) if p.name == name]
+    assert point.load() is not None
