@@ -13,6 +13,7 @@ from tests.kits import BACKEND_IDS, SERVER_BACKEND_IDS, BackendKit, FaultServer,
 
 pytest_plugins = (
     "celery.contrib.pytest",
+    "tests.beat_support",
     "tests.fixtures.memory_store",
     "tests.fixtures.redis_server",
     "tests.fixtures.mongodb_server",

@@ -9,8 +9,6 @@ and in how few lines a lasting fault logs. The real-process versions are in
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -21,13 +19,13 @@ from celery_leaderfeed.backends.memory import memory_store
 from celery_leaderfeed.celery.occurrences import EntryState, beyond_schedule
 from celery_leaderfeed.celery.scheduler import LeaderScheduler
 from celery_leaderfeed.errors import StoreRefused
-from tests.test_beat_scheduler import (
+from tests.beat_support import (
     HEARTBEAT,
     T0,
     Clocks,
     HandLeadership,
     Sent,
-    make_app,
+    scheduler_for,
     stored,
     tick_id,
 )
@@ -39,44 +37,10 @@ REPORT_EVERY = 13.5
 
 
 @pytest.fixture
-def store_url() -> str:
-    return f"memory://faults-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
 def clocks(store_url: str) -> Clocks:
     clocks = Clocks()
     memory_store(store_url).clock = lambda: clocks.now().timestamp()  # one clock for both
     return clocks
-
-
-@pytest.fixture
-def sent() -> Sent:
-    return Sent()
-
-
-@pytest.fixture
-def app(store_url: str, sent: Sent, monkeypatch: pytest.MonkeyPatch) -> Celery:
-    app = make_app(store_url)
-    monkeypatch.setattr(app, "send_task", sent)
-    return app
-
-
-@pytest.fixture
-def made() -> Iterator[list[LeaderScheduler]]:
-    schedulers: list[LeaderScheduler] = []
-    yield schedulers
-    for scheduler in schedulers:
-        scheduler.close()
-
-
-def scheduler(
-    app: Celery, leadership: HandLeadership, clocks: Clocks, made: list[LeaderScheduler]
-) -> LeaderScheduler:
-    made.append(
-        LeaderScheduler(app, leadership=leadership, clock=clocks.now, monotonic=clocks.monotonic)
-    )
-    return made[-1]
 
 
 def beat_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
@@ -105,7 +69,7 @@ def test_claims_refused_under_one_term_back_off_and_say_why_once(
     store_url: str,
     clocks: Clocks,
     sent: Sent,
-    made: list[LeaderScheduler],
+    schedulers: list[LeaderScheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The scheduler believes it leads, but the store shows another term: every claim is
@@ -113,7 +77,7 @@ def test_claims_refused_under_one_term_back_off_and_say_why_once(
     believer = HandLeadership(store_url, "cluster", "believer")
     believer.take()
     other_term = HandLeadership(store_url, "cluster", "other").take()  # believer keeps its term
-    stale = scheduler(app, believer, clocks, made)
+    stale = scheduler_for(app, believer, clocks, schedulers)
     with caplog.at_level(logging.INFO, logger="celery_leaderfeed.beat"):
         delays = run_ticks(stale, clocks, 12.0)
     assert sent.calls == []
@@ -132,13 +96,13 @@ def test_refusals_end_when_a_claim_succeeds_and_the_pace_returns(
     store_url: str,
     clocks: Clocks,
     sent: Sent,
-    made: list[LeaderScheduler],
+    schedulers: list[LeaderScheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     believer = HandLeadership(store_url, "cluster", "believer")
     believer.take()
     HandLeadership(store_url, "cluster", "other").take()
-    stale = scheduler(app, believer, clocks, made)
+    stale = scheduler_for(app, believer, clocks, schedulers)
     run_ticks(stale, clocks, 8.0)
     believer.take()  # the store shows our (new) term again
     with caplog.at_level(logging.INFO, logger="celery_leaderfeed.beat"):
@@ -155,13 +119,13 @@ def test_a_refused_schedule_state_is_an_error_at_a_bounded_rate_then_heals(
     store_url: str,
     clocks: Clocks,
     sent: Sent,
-    made: list[LeaderScheduler],
+    schedulers: list[LeaderScheduler],
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     leadership = HandLeadership(store_url, "cluster", "a")
     leadership.take()
-    beat = scheduler(app, leadership, clocks, made)
+    beat = scheduler_for(app, leadership, clocks, schedulers)
     assert beat._ledger is not None
     refusal = StoreRefused(
         "key 'k' holds another type of value than leaderfeed keeps there (a hash) at "
@@ -196,13 +160,13 @@ def test_failing_sends_are_put_back_and_reported_at_a_bounded_rate(
     store_url: str,
     clocks: Clocks,
     sent: Sent,
-    made: list[LeaderScheduler],
+    schedulers: list[LeaderScheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Each failed send used to log a traceback and a warning, every tick, as long as it lasted."""
     leadership = HandLeadership(store_url, "cluster", "a")
     leadership.take()
-    beat = scheduler(app, leadership, clocks, made)
+    beat = scheduler_for(app, leadership, clocks, schedulers)
     beat.tick()
     sent.failing = True
     with caplog.at_level(logging.INFO, logger="celery_leaderfeed.beat"):
@@ -226,7 +190,7 @@ def test_a_state_due_beyond_its_schedule_is_rebuilt_with_one_warning(
     store_url: str,
     clocks: Clocks,
     sent: Sent,
-    made: list[LeaderScheduler],
+    schedulers: list[LeaderScheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A leader whose clock ran an hour ahead wrote the state: without the check the entry
@@ -235,7 +199,7 @@ def test_a_state_due_beyond_its_schedule_is_rebuilt_with_one_warning(
     term = leadership.take()
     ahead = EntryState(last_due=T0 + timedelta(hours=1), term=term, runs=7, skipped=1)
     assert leadership.backend.write_entry(term, leadership.token, "tick", None, ahead.encode())
-    beat = scheduler(app, leadership, clocks, made)
+    beat = scheduler_for(app, leadership, clocks, schedulers)
     with caplog.at_level(logging.INFO, logger="celery_leaderfeed.beat"):
         beat.tick()
         rebuilt = stored(store_url)["tick"]
@@ -253,14 +217,14 @@ def test_a_state_less_than_one_period_ahead_is_kept(
     store_url: str,
     clocks: Clocks,
     sent: Sent,
-    made: list[LeaderScheduler],
+    schedulers: list[LeaderScheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     leadership = HandLeadership(store_url, "cluster", "a")
     term = leadership.take()
     slightly = EntryState(last_due=T0 + timedelta(seconds=0.5), term=term)
     assert leadership.backend.write_entry(term, leadership.token, "tick", None, slightly.encode())
-    beat = scheduler(app, leadership, clocks, made)
+    beat = scheduler_for(app, leadership, clocks, schedulers)
     with caplog.at_level(logging.WARNING, logger="celery_leaderfeed.beat"):
         beat.tick()
         clocks.advance(1.5)
@@ -274,7 +238,7 @@ def test_when_our_clock_is_the_one_behind_the_state_is_kept_and_we_say_so(
     store_url: str,
     clocks: Clocks,
     sent: Sent,
-    made: list[LeaderScheduler],
+    schedulers: list[LeaderScheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The store's clock agrees with the state's writer: rebuilding would send again runs the
@@ -288,7 +252,7 @@ def test_when_our_clock_is_the_one_behind_the_state_is_kept_and_we_say_so(
     term = leadership.take()
     written = EntryState(last_due=T0 + timedelta(hours=1), term=term)
     assert leadership.backend.write_entry(term, leadership.token, "tick", None, written.encode())
-    beat = scheduler(app, leadership, clocks, made)
+    beat = scheduler_for(app, leadership, clocks, schedulers)
     with caplog.at_level(logging.WARNING, logger="celery_leaderfeed.beat"):
         for _ in range(3):
             beat.tick()
