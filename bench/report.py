@@ -451,6 +451,42 @@ def _leader_only(part: dict[str, Any], page: Path, image: Path) -> list[str]:
     ]
 
 
+def _leader_queue(part: dict[str, Any], page: Path, image: Path) -> list[str]:
+    st, latency = part["settings"], part["latency"]
+    rows = [
+        [
+            label,
+            *(ms(latency[kind][key]) for key in ("median", "p95", "max")),
+            str(latency[kind]["n"]),
+        ]
+        for label, kind in (("`@leader_only` (leader queue)", "leader_only"), ("plain", "plain"))
+    ]
+    rows.append(["difference of the medians", ms(latency["difference_median_s"]), "-", "-", "-"])
+    moves = []
+    for how, label in (
+        ("elect", "`elect` of the next worker"),
+        ("sigterm", "SIGTERM of the leader"),
+    ):
+        cell = part["handover"][how]
+        s = cell["summary"]
+        trials = ", ".join(sec(x, 3) for x in cell["moved_s"])
+        moves.append([label, sec(s.get("median"), 3), sec(s.get("max"), 3), trials or "-"])
+    settings = (
+        f"{st['workers']} workers ({st['pool']}), Redis broker and store on loopback, "
+        f"heartbeat {st['heartbeat_interval']:g} s, election timeout "
+        f"{st['election_timeout_min']:g}-{st['election_timeout_max']:g} s; latency: "
+        f"{st['samples']} tasks of each kind, one at a time; handovers: a leader-only task "
+        f"every {st['stream_every_s'] * 1000:g} ms, {st['handovers']} of each"
+    )
+    return [
+        "### `delay()` to the body starting",
+        table("Task | median | p95 | max | n", rows),
+        "### A handover moves consumption of the leader queue",
+        table("Handover | first body on the new leader: median | max | trials", moves),
+        stamp(part, settings),
+    ]
+
+
 Section = Callable[[dict[str, Any], Path, Path], list[str]]
 #: Part -> (heading, anchor of its method in bench/README.md, renderer).
 SECTIONS: dict[str, tuple[str, str, Section]] = {
@@ -459,4 +495,5 @@ SECTIONS: dict[str, tuple[str, str, Section]] = {
     "periodic": ("## 3. Periodic runs across failover", "periodic-runs-across-failover", _periodic),
     "cost": ("## 4. Cost", "cost", _cost),
     "leader_only": ("## 5. `@leader_only` overhead", "leader_only-overhead", _leader_only),
+    "leader_queue": ("## 6. Leader queue", "leader-queue", _leader_queue),
 }

@@ -20,6 +20,10 @@ IDLE_CPU_PCT = 1.0
 #: 200 members on Redis hold one leader within this many election timeouts (upper end).
 CONVERGE_TIMEOUTS = 2
 CONVERGE_MEMBERS = "200"
+#: delay() to the body starting on the leader, median: @leader_only may add this to a plain task.
+LEADER_QUEUE_EXTRA = 0.002
+#: A handover (elect, SIGTERM) moves consumption of the leader queue within this many heartbeats.
+LEADER_QUEUE_MOVE_HEARTBEATS = 1
 
 Row = list[str]
 
@@ -122,6 +126,37 @@ def _converge(results: dict[str, Any]) -> list[Row]:
     return [_row(f"{label} ({CONVERGE_TIMEOUTS} x {high:g} s = {bound:g} s; Redis)", measured, ok)]
 
 
+def _leader_queue(results: dict[str, Any]) -> list[Row]:
+    part = _get(results, "leader_queue") or {}
+    latency, moved = part.get("latency"), part.get("handover")
+    label = (
+        f"`delay()` to the body starting on the leader, median: @leader_only <= plain + "
+        f"{LEADER_QUEUE_EXTRA * 1000:g} ms (Redis broker)"
+    )
+    rows = [_row(label, None, None)]
+    if latency:
+        g, p = latency["leader_only"], latency["plain"]
+        extra = latency["difference_median_s"]
+        measured = f"{ms(g['median'])} vs {ms(p['median'])}: {ms(extra)} ({g['n']} of each)"
+        rows = [_row(label, measured, extra <= LEADER_QUEUE_EXTRA)]
+    heartbeat = _get(part, "settings", "heartbeat_interval")
+    bound = LEADER_QUEUE_MOVE_HEARTBEATS * (heartbeat or 0.0)
+    for how, name in (("elect", "`elect`"), ("sigterm", "SIGTERM")):
+        label = (
+            f"A handover by {name} moves consumption of the leader queue within "
+            f"{LEADER_QUEUE_MOVE_HEARTBEATS} heartbeat"
+            + (f" ({heartbeat:g} s)" if heartbeat else "")
+            + ": first body on the new leader, slowest trial (Redis broker)"
+        )
+        s = _get(part, "handover", how, "summary") if moved else None
+        if not s or not s.get("n"):
+            rows.append(_row(label, None, None))
+            continue
+        trials = f"max {sec(s['max'], 3)} (median {sec(s['median'], 3)}, {s['n']} trials)"
+        rows.append(_row(label, trials, s["max"] <= bound))
+    return rows
+
+
 #: The targets, in the order the page lists them.
 TARGETS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
     _handover,
@@ -129,6 +164,7 @@ TARGETS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
     _periodic,
     _idle,
     _converge,
+    _leader_queue,
 )
 
 

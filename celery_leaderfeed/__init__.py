@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends import backend_from_url, register_backend
 from .backends.base import Backend, DataChanged, RecordChanged, Subscription
-from .engine.election import Lease, Role, Stats
+from .engine.election import Lease, Resignation, Role, Stats
 from .engine.feed import LeaderFeed, Status
 from .engine.listeners import Event
 from .errors import (
@@ -51,6 +51,7 @@ __all__ = [
     "NotLeaderError",
     "Observation",
     "RecordChanged",
+    "Resignation",
     "Role",
     "Stats",
     "Status",

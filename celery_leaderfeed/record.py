@@ -135,11 +135,16 @@ class Observation:
 
     ``record`` is None when the store holds no record (``corrupt`` False) or holds something that
     is not a valid record (``corrupt`` True). ``store_time`` is the store's clock when known.
+    ``suspect`` is True when the record was written under another history of the store than
+    the one it has now (a Redis restarted from a snapshot, a promoted replica): the store may
+    have gone back in time, so the record proves nothing about who acts. Only a claim may
+    replace it; it is then treated like a missing record (see ``transitions``).
     """
 
     record: LeaderRecord | None
     corrupt: bool = False
     store_time: float | None = None
+    suspect: bool = False
 
     @property
     def version(self) -> int:
@@ -157,6 +162,7 @@ class Observation:
         return (
             other is not None
             and self.corrupt == other.corrupt
+            and self.suspect == other.suspect
             and _identity(self.record) == _identity(other.record)
         )
 
@@ -173,3 +179,6 @@ class WriteResult:
 
     ok: bool
     observation: Observation
+    #: A claim that replaced a suspect record (written under an earlier history of the store):
+    #: whoever the store forgot may still act, so the claimer acts one election timeout later.
+    over_suspect: bool = False

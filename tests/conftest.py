@@ -16,6 +16,7 @@ pytest_plugins = (
     "tests.beat_support",
     "tests.fixtures.memory_store",
     "tests.fixtures.redis_server",
+    "tests.fixtures.rabbitmq_server",
     "tests.fixtures.mongodb_server",
     "tests.fixtures.rethinkdb_server",
 )

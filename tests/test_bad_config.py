@@ -145,7 +145,7 @@ MISTAKES = [
     ),
     pytest.param(
         {"leaderfeed_follower_policy": "ignore"},
-        "leaderfeed_follower_policy must be one of skip, retry, raise; got 'ignore'",
+        "leaderfeed_follower_policy must be one of requeue, skip, retry, raise; got 'ignore'",
         id="choice",
     ),
 ]

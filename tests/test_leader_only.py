@@ -53,7 +53,12 @@ def member(app: Celery, member_id: str) -> Iterator[LeaderFeed]:
 
 @pytest.fixture
 def rival(app: Celery) -> Iterator[LeaderFeed]:
-    """A member started before any worker: it leads, the worker follows."""
+    """A member started before any worker: it leads, the worker follows.
+
+    The app routes every task to the worker's own queue (a user route wins over the leader
+    queue), so leader-only tasks reach this follower and its policy is what the test sees.
+    """
+    app.conf.task_routes = {"*": {"queue": app.conf.task_default_queue}}
     with member(app, "rival") as feed:
         assert feed.wait_for_leadership(5)
         yield feed
@@ -106,6 +111,7 @@ def test_a_follower_skips_with_state_skipped(
     def quiet() -> None:
         ran.append(-1)
 
+    app.conf.leaderfeed_follower_policy = "skip"
     caplog.set_level(logging.INFO, logger="celery_leaderfeed")
     with run_worker(app) as worker:
         result = work.delay(1)
@@ -176,7 +182,7 @@ def test_leadership_is_checked_when_the_body_runs_not_when_received(app: Celery)
         gate.wait(10)
 
     @app.task(shared=False)
-    @leader_only
+    @leader_only(policy="skip")
     def late() -> None:
         ran.append(current_term())
 
@@ -185,7 +191,9 @@ def test_leadership_is_checked_when_the_body_runs_not_when_received(app: Celery)
         feed = worker_feed(app)
         assert feed is not None
         block.delay()
-        waiting = late.delay()  # received while this worker leads, run after `block`
+        # Received while this worker leads, run after `block`: on `block`'s queue, not the
+        # leader queue, which a worker stops taking from when it stops leading.
+        waiting = late.apply_async(queue=app.conf.task_default_queue)
         assert entered.wait(5)
         with member(app, "rival") as rival:
             feed.elect("rival")  # hand leadership over while `late` waits

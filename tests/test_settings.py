@@ -41,7 +41,9 @@ def test_the_redis_broker_and_the_app_name_are_the_defaults() -> None:
     timing = settings.timing
     assert (timing.heartbeat_interval, timing.election_timeout_min) == (1.0, 3.0)
     assert (timing.election_timeout_max, timing.operation_timeout) == (4.0, 1.0)
-    assert (settings.follower_policy, settings.retry_delay) == ("skip", 4.0)
+    # The default follower policy sends a leader-only message back to the leader queue.
+    assert (settings.follower_policy, settings.retry_delay) == ("requeue", 4.0)
+    assert settings.queue == "proj.leader"
 
 
 def test_a_broker_other_than_redis_needs_leaderfeed_backend() -> None:
@@ -123,13 +125,16 @@ def test_install_is_idempotent_and_adds_everything() -> None:
         "leaderfeed_operation_timeout",
         "leaderfeed_follower_policy",
         "leaderfeed_retry_delay",
+        "leaderfeed_queue",
     }
     assert LeaderFeedStep in app.steps["worker"]
-    assert resolve_settings(app).follower_policy == "skip"  # defaults come from resolve_settings
+    assert getattr(app.amqp, "routes_leader_only", False)  # leader-only tasks: leader queue
+    assert resolve_settings(app).follower_policy == "requeue"  # defaults: resolve_settings
     # beat takes those of them that mean something to a scheduler
     assert {option.name for option in app.user_options["beat"]} == options - {
         "leaderfeed_follower_policy",
         "leaderfeed_retry_delay",
+        "leaderfeed_queue",
     }
     assert len(app.user_options["beat"]) == 6
 

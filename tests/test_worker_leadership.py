@@ -73,6 +73,10 @@ class Cluster:
             "broker_url": self.redis_url,
             "result_backend": self.redis_url,
             "leaderfeed_name": self.name,
+            # These tests send leader-only tasks to each worker's own queue to watch followers
+            # refuse them: the `skip` policy, chosen explicitly (the default sends them on to
+            # the leader queue, which test_leader_queue_workers.py covers).
+            "leaderfeed_follower_policy": "skip",
             **TIMING,
             **conf,
         }

@@ -3,7 +3,8 @@
 Members in one process that use the same URL share one :class:`MemoryStore`. It applies the
 functions of :mod:`~celery_leaderfeed.backends.transitions` under a lock and delivers each write
 to every open feed. It also lets tests inject the faults a real store has: an outage, broken
-feeds and foreign data in the record.
+feeds, foreign data in the record, and a return to an earlier state (:meth:`MemoryStore.snapshot`,
+:meth:`MemoryStore.restore`), with or without a change of the store's history marker.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError
@@ -20,9 +22,19 @@ from ..record import LeaderRecord, Observation, WriteResult, decode_record
 from . import transitions
 from .base import Backend, DataChanged, FeedEvent, RecordChanged, Subscription
 
-__all__ = ["MemoryBackend", "MemoryStore", "memory_store"]
+__all__ = ["MemoryBackend", "MemoryStore", "StoreState", "memory_store"]
 
 _BROKEN = object()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    """Everything a :class:`MemoryStore` holds at one moment, for :meth:`MemoryStore.restore`."""
+
+    records: Mapping[str, str]
+    #: The history marker each record was written under.
+    written_in: Mapping[str, int]
+    entries: Mapping[str, Mapping[str, str]]
 
 
 class MemoryStore:
@@ -32,6 +44,10 @@ class MemoryStore:
         self.clock = clock
         self._lock = threading.Lock()
         self._records: dict[str, str] = {}
+        #: The store's history marker (like Redis' run id): it changes when the store goes back
+        #: to an earlier state in a way a real store would reveal (a restart, a promotion).
+        self.history = 0
+        self._written_in: dict[str, int] = {}
         self._entries: dict[str, dict[str, str]] = {}
         self._feeds: dict[str, list[_MemorySubscription]] = {}
         self._available = True
@@ -67,6 +83,7 @@ class MemoryStore:
                 self._records.pop(name, None)
             else:
                 self._records[name] = raw
+                self._written_in[name] = self.history
             self._notify(name, self._observe(name))
 
     def put_data(self, name: str, change: object) -> None:
@@ -74,6 +91,31 @@ class MemoryStore:
         with self._lock:
             for feed in self._feeds.get(name, ()):
                 feed.deliver(DataChanged(change))
+
+    def snapshot(self) -> StoreState:
+        """Everything stored now (records and schedule state), to restore later."""
+        with self._lock:
+            return StoreState(
+                dict(self._records),
+                dict(self._written_in),
+                {name: dict(entries) for name, entries in self._entries.items()},
+            )
+
+    def restore(self, state: StoreState, *, new_history: bool = True) -> None:
+        """Go back to ``state``, as a server restarted from an old snapshot or a replica that
+        missed the last writes would. Every feed breaks (clients reconnect to the new process).
+
+        ``new_history`` says whether the store reveals it: a real store's marker (Redis' run id
+        and replication id) changes, so records written before are *suspect*. Without it the
+        rollback is invisible to the members.
+        """
+        with self._lock:
+            self._records = dict(state.records)
+            self._written_in = dict(state.written_in)
+            self._entries = {name: dict(entries) for name, entries in state.entries.items()}
+            if new_history:
+                self.history += 1
+            self._break_feeds()
 
     # -- used by MemoryBackend ---------------------------------------------------------------
 
@@ -93,10 +135,11 @@ class MemoryStore:
             if record is None:
                 return WriteResult(False, current)
             self._records[name] = record.to_json()
+            self._written_in[name] = self.history
             self.operations.append((name, operation))
             written = Observation(record, store_time=record.renewed_at)
             self._notify(name, written)
-            return WriteResult(True, written)
+            return WriteResult(True, written, over_suspect=current.suspect)
 
     def entries(self, name: str) -> dict[str, str]:
         with self._lock:
@@ -138,8 +181,9 @@ class MemoryStore:
         raw = self._records.get(name)
         if raw is None:
             return Observation(None, store_time=self.clock())
+        suspect = self._written_in.get(name, self.history) != self.history
         try:
-            return Observation(decode_record(raw), store_time=self.clock())
+            return Observation(decode_record(raw), store_time=self.clock(), suspect=suspect)
         except ValueError:
             return Observation(None, corrupt=True, store_time=self.clock())
 

@@ -5,6 +5,13 @@ that checks and writes the record atomically, takes its timestamp from Redis's `
 publishes the new record on ``leaderfeed:{NAME}:events``. Pub/sub is at-most-once, so the
 engine never relies on it for safety: it is only the fast path that tells followers a leader
 resigned or changed. Needs Redis >= 5 (scripts replicated by effects, so ``TIME`` is allowed).
+
+Every write stamps the record with the server's history, ``run_id/master_replid`` read with
+``INFO`` inside the script: a restart (from an RDB or AOF file that may predate the last
+writes) changes the run id, a promoted replica has a new replication id. A record stamped with
+another history is *suspect* (``Observation.suspect``): it may be an earlier state than the one
+members acted on, so only a claim may replace it, and that claim is acted on one election
+timeout later.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from ..errors import BackendUnavailable, ConfigurationError
 from ..record import Observation, WriteResult, decode_record
 from ..urls import MISREAD_USERINFO, misread_userinfo, url_error
 from .base import Backend, FeedEvent, RecordChanged, Refusal, Subscription
+from .transitions import CLOCK_LAG_MS
 
 __all__ = ["RedisBackend"]
 
@@ -61,8 +69,25 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function now() return now_ms() / 1000 end
+-- This server's history: a restart changes the run id, a promotion the replication id.
+local here_cached
+local function here()
+  if not here_cached then
+    local server = redis.call('INFO', 'server')
+    local replication = redis.call('INFO', 'replication')
+    here_cached = (string.match(server, 'run_id:(%x+)') or '?') .. '/'
+      .. (string.match(replication, 'master_replid:(%x+)') or '?')
+  end
+  return here_cached
+end
+-- 1 when the record was written under another history (it may have been rolled back).
+local function suspect(rec)
+  if rec and rec['history'] ~= here() then return 1 end
+  return 0
+end
 local function store(key, channel, rec)
   rec['format'] = FORMAT
+  rec['history'] = here()
   local raw = cjson.encode(rec)
   redis.call('SET', key, raw)
   redis.call('PUBLISH', channel, raw)
@@ -71,32 +96,39 @@ end
 local function null_if_empty(v) if v == '' then return cjson.null end return v end
 """
 
-# KEYS[1] record. -> {false, record or 'type:KIND' or false, time}
+# Every script on the record returns {ok, record or 'type:KIND' or false, time, doubt}: doubt is
+# 1 when the record found was suspect (a claim that went ahead replaced it).
+
+# KEYS[1] record.
 _READ = (
     _PRELUDE
     + """
 local rec, version, raw = load(KEYS[1])
-return {0, raw, tostring(now())}
+return {0, raw, tostring(now()), suspect(rec)}
 """
 )
 
 # KEYS[1] record; ARGV channel, expected version, holder, token, min term, min version.
-# Take the record if its version is still the one the claimer saw. -> {ok, record, time}
+# Take the record if its version is still the one the claimer saw (transitions.claimed).
 _CLAIM = (
     _PRELUDE
     + """
 local rec, version, raw = load(KEYS[1])
 local fresh = now_ms()
 local t = fresh / 1000
-if version ~= tonumber(ARGV[2]) then return {0, raw, tostring(t)} end
--- Over an empty store term and version start at the clock in ms: they rise even after data loss.
+local doubt = suspect(rec)
+if version ~= tonumber(ARGV[2]) then return {0, raw, tostring(t), doubt} end
+-- Over an empty store or a suspect record term and version start at the clock in ms, and they
+-- never fall further than LAG below it: they rise even after a loss or a rollback.
+local floor = fresh
+if rec and doubt == 0 then floor = fresh - LAG end
 local written = store(KEYS[1], ARGV[1], {
   holder = ARGV[3], token = ARGV[4], nominee = cjson.null, renewed_at = t,
-  term = math.max(rec and (rec['term'] + 1) or fresh, tonumber(ARGV[5])),
-  version = math.max(rec and (version + 1) or fresh, tonumber(ARGV[6]))})
-return {1, written, tostring(t)}
+  term = math.max(rec and (rec['term'] + 1) or fresh, floor, tonumber(ARGV[5])),
+  version = math.max(rec and (version + 1) or fresh, floor, tonumber(ARGV[6]))})
+return {1, written, tostring(t), doubt}
 """
-)
+).replace("LAG", str(CLOCK_LAG_MS))
 
 # KEYS[1] record; ARGV channel, term, token. Extend the lease of the holder of that term.
 _RENEW = (
@@ -104,13 +136,14 @@ _RENEW = (
     + """
 local rec, version, raw = load(KEYS[1])
 local t = now()
-if not rec or rec['term'] ~= tonumber(ARGV[2]) or rec['token'] ~= ARGV[3] then
-  return {0, raw, tostring(t)}
+local doubt = suspect(rec)
+if not rec or doubt == 1 or rec['term'] ~= tonumber(ARGV[2]) or rec['token'] ~= ARGV[3] then
+  return {0, raw, tostring(t), doubt}
 end
 rec['version'] = version + 1
 rec['renewed_at'] = t
 if rec['nominee'] == rec['holder'] then rec['nominee'] = cjson.null end
-return {1, store(KEYS[1], ARGV[1], rec), tostring(t)}
+return {1, store(KEYS[1], ARGV[1], rec), tostring(t), 0}
 """
 )
 
@@ -120,12 +153,13 @@ _RESIGN = (
     + """
 local rec, version, raw = load(KEYS[1])
 local t = now()
-if not rec or rec['term'] ~= tonumber(ARGV[2]) or rec['token'] ~= ARGV[3] then
-  return {0, raw, tostring(t)}
+local doubt = suspect(rec)
+if not rec or doubt == 1 or rec['term'] ~= tonumber(ARGV[2]) or rec['token'] ~= ARGV[3] then
+  return {0, raw, tostring(t), doubt}
 end
 return {1, store(KEYS[1], ARGV[1], {
   holder = cjson.null, token = cjson.null, nominee = null_if_empty(ARGV[4]),
-  term = rec['term'], version = version + 1, renewed_at = t}), tostring(t)}
+  term = rec['term'], version = version + 1, renewed_at = t}), tostring(t), 0}
 """
 )
 
@@ -135,11 +169,14 @@ _NOMINATE = (
     + """
 local rec, version, raw = load(KEYS[1])
 local t = now()
-if not rec or version ~= tonumber(ARGV[2]) then return {0, raw, tostring(t)} end
+local doubt = suspect(rec)
+if not rec or doubt == 1 or version ~= tonumber(ARGV[2]) then
+  return {0, raw, tostring(t), doubt}
+end
 rec['nominee'] = ARGV[3]
 rec['version'] = version + 1
 rec['renewed_at'] = t
-return {1, store(KEYS[1], ARGV[1], rec), tostring(t)}
+return {1, store(KEYS[1], ARGV[1], rec), tostring(t), 0}
 """
 )
 
@@ -149,7 +186,8 @@ _WRITE_ENTRY = (
     _PRELUDE
     + """
 local rec = load(KEYS[1])
-if not rec or rec['term'] ~= tonumber(ARGV[1]) or rec['token'] ~= ARGV[2] then return 0 end
+if not rec or suspect(rec) == 1 then return 0 end
+if rec['term'] ~= tonumber(ARGV[1]) or rec['token'] ~= ARGV[2] then return 0 end
 local stored = redis.call('HGET', KEYS[2], ARGV[3])
 if ARGV[4] == '1' then
   if stored ~= ARGV[5] then return 0 end
@@ -194,14 +232,14 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
-def _observation(raw: object, store_time: float | None) -> Observation:
+def _observation(raw: object, store_time: float | None, suspect: bool = False) -> Observation:
     text = _text(raw)
     if text is None:
         return Observation(None, store_time=store_time)
     if text.startswith("type:"):  # the key holds a hash, list, ...: not ours
         return Observation(None, corrupt=True, store_time=store_time)
     try:
-        return Observation(decode_record(text), store_time=store_time)
+        return Observation(decode_record(text), store_time=store_time, suspect=suspect)
     except ValueError:
         return Observation(None, corrupt=True, store_time=store_time)
 
@@ -283,8 +321,8 @@ class RedisBackend(Backend):
         if isinstance(exc, redis.exceptions.NoPermissionError):
             return Refusal(
                 f"the store denies user {user!r} a command or key leaderfeed needs",
-                f"grant it EVAL, EVALSHA, SCRIPT, PING, HGETALL, PUBLISH and SUBSCRIBE on the "
-                f"keys and channels {self.record_key.rsplit(':', 1)[0]}:*",
+                f"grant it EVAL, EVALSHA, SCRIPT, PING, INFO, HGETALL, PUBLISH and SUBSCRIBE "
+                f"on the keys and channels {self.record_key.rsplit(':', 1)[0]}:*",
             )
         return None
 
@@ -390,8 +428,13 @@ class RedisBackend(Backend):
         return self._run("read", keys=[self.record_key]).observation
 
     def _run(self, script: str, keys: list[str], args: tuple[object, ...] = ()) -> WriteResult:
-        ok, raw, store_time = self._scripts[script](keys=keys, args=list(args))
-        return WriteResult(bool(ok), _observation(raw, float(_text(store_time) or "nan")))
+        # ``doubt``: whether the record the script found was suspect. A write that went ahead
+        # replaced it (only a claim may) and stored a record of the current history.
+        ok, raw, store_time, doubt = self._scripts[script](keys=keys, args=list(args))
+        store_clock = float(_text(store_time) or "nan")
+        if ok:
+            return WriteResult(True, _observation(raw, store_clock), over_suspect=bool(doubt))
+        return WriteResult(False, _observation(raw, store_clock, bool(doubt)))
 
     def _write(self, script: str, *args: object) -> WriteResult:
         return self._run(script, [self.record_key], (self.channel, *args))

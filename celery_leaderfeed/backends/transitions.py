@@ -5,23 +5,45 @@ the compare fails (the store is then left untouched). ``now`` is the store's clo
 backend applies these directly; the other backends do the same thing atomically inside the
 store (Lua in Redis, a filtered update in MongoDB, ``r.branch`` in RethinkDB).
 
-Terms and versions never go backwards, even when the store loses the record (a Redis
-restarted without persistence): a claim over a missing or foreign record starts both at the
-store's clock in milliseconds, and ``min_term``/``min_version`` carry the highest values the
-claimer has seen. Neither is issued twice unless a cluster writes more often than once per
-millisecond, so a compare-and-set on a version can never match a different record.
+Terms and versions never repeat, even when the store loses the record (a Redis restarted
+without persistence) or goes back to an earlier state of it (restarted from an old snapshot, a
+replica promoted after missing writes): a claim over a missing, foreign or *suspect* record
+(written under another history of the store, see ``Observation.suspect``) starts both at the
+store's clock in milliseconds; a claim over a trusted record raises them by one but never
+leaves them more than :data:`CLOCK_LAG_MS` below that clock; and ``min_term``/``min_version``
+carry the highest values the claimer has seen. A term or version issued in a lost stretch of
+history is therefore below the clock of any later claim over a suspect record (and below that
+of any claim made :data:`CLOCK_LAG_MS` after the loss over a record that does not look
+suspect), as long as the store's clock does not step back and claims are rarer than one per
+millisecond.
+
+A suspect record cannot be renewed, resigned, nominated on or used to fence a schedule
+write: its holder may have lost its term in the history the store forgot.
 """
 
 from __future__ import annotations
 
 from ..record import LeaderRecord, Observation
 
-__all__ = ["claimed", "entry_written", "fresh_term", "nominated", "renewed", "resigned"]
+__all__ = [
+    "CLOCK_LAG_MS",
+    "claimed",
+    "entry_written",
+    "fresh_term",
+    "nominated",
+    "renewed",
+    "resigned",
+]
+
+#: How far below the store's clock (ms) a claim over a trusted record may leave term and version.
+#: Quick claims in a row (a handover, then another) still count up by one; a claim made this
+#: long after a loss the store did not reveal is above every term issued before the loss.
+CLOCK_LAG_MS = 1000
 
 
 def _holds(current: Observation, term: int, token: str) -> LeaderRecord | None:
     record = current.record
-    if record is not None and record.term == term and record.token == token:
+    if record is not None and not current.suspect and record.term == term and record.token == token:
         return record
     return None
 
@@ -39,8 +61,13 @@ def claimed(
     if current.version != expected_version:
         return None
     record = current.record
-    term = record.term + 1 if record is not None else fresh_term(now)
-    version = record.version + 1 if record is not None else fresh_term(now)
+    fresh = fresh_term(now)
+    if record is None:
+        term = version = fresh
+    else:
+        floor = fresh if current.suspect else fresh - CLOCK_LAG_MS
+        term = max(record.term + 1, floor)
+        version = max(record.version + 1, floor)
     return LeaderRecord(
         holder=holder,
         token=token,
@@ -93,7 +120,7 @@ def nominated(
 ) -> LeaderRecord | None:
     """Record a request that ``nominee`` lead; only a valid record can carry one."""
     record = current.record
-    if record is None or record.version != expected_version:
+    if record is None or current.suspect or record.version != expected_version:
         return None
     return LeaderRecord(
         holder=record.holder,

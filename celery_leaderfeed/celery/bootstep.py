@@ -16,7 +16,13 @@ Lifecycle
 * ``create`` builds the feed (it connects later) and the shared-memory lease segment, before
   the pool and the embedded beat process fork.
 * ``start`` runs after the pool and beat started (the step requires both) and starts the feed
-  with ``retry=True``: a store outage delays the election, never the worker.
+  with ``retry=True``: a store outage delays the election, never the worker. It also takes
+  the leader queue out of what the consumer starts with (even if ``-Q`` names it) and warns
+  about leader-only tasks routed where the leader would not take them; from then on the
+  worker consumes the leader queue exactly while its lease is valid
+  (:class:`~celery_leaderfeed.celery.leader_queue.LeaderQueueConsumer`, nudged on every lease
+  change and every heartbeat). A broker transport that cannot cancel a consumer stops the
+  worker in ``__init__``.
 
 Shutdown order
 --------------
@@ -24,16 +30,22 @@ Leadership is given up only once this worker cannot run leader-only work any mor
 
 * warm (begun by ``worker_shutting_down``, the signal handler's notice, else by ``stop``,
   which runs before the Pool step's): the lease is marked follower everywhere at once, so
-  no new leader-only body is admitted and the embedded beat stops sending; the worker keeps
+  no new leader-only body is admitted and the embedded beat stops sending; the consumer of
+  the leader queue is cancelled (what was prefetched goes back to the queue through the
+  body-time check of ``@leader_only``); the worker keeps
   renewing until every leader-only body admitted before has ended (bodies run holding the
   segment's admission lock shared; this step waits to take it exclusively), then resigns, so a
   follower takes over at once instead of after an election timeout. Ordinary tasks drain
   afterwards, under the new leader; they never hold the handover up;
 * cold (``terminate``; its signal, too, stops admitting at once): the pool is terminated first
   (prefork children are killed and joined, dropping their locks; threads cannot be killed, so
-  a thread pool's running tasks are waited for), then it resigns.
+  a thread pool's running tasks are waited for), then it resigns;
+* ``elect`` of another worker (the engine's resign hook, ``_before_resign``): the same three
+  steps as a warm shutdown - follower everywhere, the consumer cancelled, the admitted bodies
+  waited for - each bounded by the hook's deadline (one heartbeat at most), then the engine
+  writes the resign.
 
-Either way no other worker can start leader-only work while this worker's still runs. A worker
+In each case no other worker can start leader-only work while this worker's still runs. A worker
 killed with SIGKILL resigns nothing: its lease runs out by itself, and its orphaned children find
 no lease (their parent PID changed).
 
@@ -59,9 +71,11 @@ with celery_extra():
     from celery import bootsteps
     from celery.signals import worker_shutting_down
 
+from ..engine.election import Resignation
 from ..engine.feed import LeaderFeed
 from ..errors import ConfigurationError
 from ..urls import redact_url
+from .leader_queue import LeaderQueueConsumer, check_broker_cancels, misrouted_leader_tasks
 from .settings import DEFAULTS, LeaderfeedSettings, resolve_settings, unknown_settings
 from .shared_lease import SharedLease
 from .signals import send_leadership_signals
@@ -73,6 +87,8 @@ logger = logging.getLogger("celery_leaderfeed")
 
 #: How long stopping waits for a hand-over the shutdown signal began (it normally takes ms).
 _HAND_OVER_JOIN_SECONDS = 10.0
+#: How often the resign hook looks whether the running leader-only bodies ended.
+_RESIGN_POLL_SECONDS = 0.002
 
 
 class WorkerConfigurationError(ConfigurationError, click.ClickException):
@@ -158,13 +174,55 @@ class WorkerLeadership:
         self._hand_over_lock = threading.Lock()
         self._handed_over = False
         self._hand_over_thread: threading.Thread | None = None
+        #: The worker's consumer of the leader queue (None until ``attach_consumer``).
+        self.queue_consumer: LeaderQueueConsumer | None = None
+        #: The term the engine is about to give up (set by the resign hook): not consumed under.
+        self._resigning_term: int | None = None
         self.feed.add_observer(self._publish)
+        self.feed.add_resign_hook(self._before_resign)
         send_leadership_signals(self.feed)
         self.feed.add_observer(self._note_record)
+
+    def attach_consumer(self, consumer: Any) -> None:
+        """Consume the leader queue through ``consumer`` (the worker's) while leading."""
+        self.queue_consumer = LeaderQueueConsumer(self.app, consumer)
 
     def start(self) -> None:
         register(self)
         self.feed.start(retry=True)
+
+    def sync_consumer(self) -> None:
+        """Consume the leader queue exactly while this worker may act as leader.
+
+        Called by the engine's observer on every lease change and on the worker's timer every
+        heartbeat (a lease also ends by its deadline, with no change to observe). Never blocks.
+        """
+        queue_consumer = self.queue_consumer
+        if queue_consumer is not None:
+            lease = self.feed.lease
+            leading = (
+                not self._standing_down
+                and not self._stopped
+                and lease.valid()
+                and lease.term != self._resigning_term
+            )
+            queue_consumer.want(leading)
+
+    def _before_resign(self, resignation: Resignation) -> None:
+        """Engine thread, before a voluntary resign (``elect`` of another worker, ``stop``):
+        stop leader-only work as a warm shutdown does, each wait bounded by the resignation's
+        deadline - the segment says follower (what was prefetched goes back through the
+        body-time check), the leader queue's consumer is cancelled, the running leader-only
+        bodies end. The engine writes the resign after this returns."""
+        self._resigning_term = resignation.term
+        with self._publishing:
+            self.shared.revoke(self.hostname)
+        queue_consumer = self.queue_consumer
+        if queue_consumer is not None:
+            left = resignation.deadline - time.monotonic()
+            queue_consumer.stop_consuming(wait=True, timeout=left)
+        left = resignation.deadline - time.monotonic()
+        self.shared.wait_admitted(poll=_RESIGN_POLL_SECONDS, timeout=left)
 
     def hand_over(self) -> None:
         """Warm shutdown: admit no new leader-only work, wait for what runs, then resign.
@@ -178,6 +236,10 @@ class WorkerLeadership:
             with self._publishing:
                 self._standing_down = True
                 self.shared.revoke(self.hostname)
+            # No new leader-queue deliveries; what was prefetched is sent back to the queue by
+            # the body-time check (the lease above says follower now).
+            if self.queue_consumer is not None:
+                self.queue_consumer.stop_consuming(wait=True)
             self.shared.wait_admitted(on_wait=self._log_waiting)
             self.feed.stop()
             self._handed_over = True
@@ -209,6 +271,7 @@ class WorkerLeadership:
         with self._publishing:
             if not self._standing_down:
                 self.shared.write(lease)
+        self.sync_consumer()
 
     def stop(self) -> None:
         """Stop acting, resign, then retire the segment. Idempotent."""
@@ -241,6 +304,15 @@ class WorkerLeadership:
             "term": feed.term,
         }
 
+    def queue_report(self) -> dict[str, Any]:
+        """The leader queue, whether this worker consumes it and the messages it holds."""
+        queue_consumer = self.queue_consumer
+        return {
+            "leader_queue": self.settings.queue,
+            "consuming_leader_queue": bool(queue_consumer and queue_consumer.consuming),
+            "leader_queue_messages": queue_consumer.held_messages() if queue_consumer else 0,
+        }
+
     def report(self) -> dict[str, Any]:
         """The summary plus lease timings and the store (``celery inspect leaderfeed``).
 
@@ -264,6 +336,7 @@ class WorkerLeadership:
                 else None
             ),
             "store_error": self.feed.fault,
+            **self.queue_report(),
         }
 
     def _note_record(self, feed: LeaderFeed) -> None:
@@ -289,13 +362,25 @@ class LeaderFeedStep(bootsteps.StartStopStep):  # type: ignore[misc]
         _check_store_reach(self.settings, embedded_beat=_embeds_leader_beat(parent, kwargs))
         for warning in unknown_settings(parent.app):
             logger.warning("leaderfeed: %s", warning)
+        try:
+            check_broker_cancels(parent.app)
+        except ConfigurationError as exc:
+            raise WorkerConfigurationError(str(exc)) from exc
         super().__init__(parent, **kwargs)
 
     def create(self, parent: Any) -> WorkerLeadership:
         return WorkerLeadership(parent.app, parent.hostname, self.settings)
 
     def start(self, parent: Any) -> None:
-        self.obj.start()
+        leadership: WorkerLeadership = self.obj
+        _prepare_leader_queue(parent.app, self.settings)
+        consumer = getattr(parent, "consumer", None)
+        if consumer is not None:
+            leadership.attach_consumer(consumer)
+            parent.timer.call_repeatedly(
+                self.settings.timing.heartbeat_interval, leadership.sync_consumer
+            )
+        leadership.start()
         worker_shutting_down.connect(self._on_shutting_down, weak=False)
 
     def _on_shutting_down(self, sender: Any = None, **kwargs: Any) -> None:
@@ -327,6 +412,33 @@ class LeaderFeedStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def info(self, parent: Any) -> dict[str, Any]:
         leadership: WorkerLeadership | None = self.obj
         return {} if leadership is None else {"leaderfeed": leadership.summary()}
+
+
+def _prepare_leader_queue(app: Any, settings: LeaderfeedSettings) -> None:
+    """Before the consumer starts: the leader queue only while leading; warn about routes
+    that send leader-only tasks where the leader will not take them."""
+    queues = app.amqp.queues
+    consumed = set(queues.consume_from) if queues.consume_from is not None else set(queues)
+    if settings.queue in consumed:  # -Q named it, or task_queues holds it
+        logger.warning(
+            "leaderfeed: this worker is told to consume the leader queue %s; it consumes it "
+            "only while it leads",
+            settings.queue,
+        )
+        queues.deselect(settings.queue)
+        consumed.discard(settings.queue)
+    for task, queue in misrouted_leader_tasks(app, consumed):
+        logger.warning(
+            "leaderfeed: leader-only task %s is routed to queue %s, which this worker does not "
+            "consume, leading or not (as leader it takes the leader queue %s%s): unless some "
+            "worker takes that queue and sends them on to the leader queue, they wait there; "
+            "route it to %s",
+            task,
+            queue,
+            settings.queue,
+            f" and {', '.join(sorted(consumed))}" if consumed else "",
+            settings.queue,
+        )
 
 
 def _finish_pool(worker: Any, *, warm: bool) -> None:

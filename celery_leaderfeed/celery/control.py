@@ -9,7 +9,12 @@ Reply of each worker (``WorkerLeadership.report``)::
 
     {"name": "billing", "member": "w1@host", "status": "started", "role": "leader",
      "leader": "w1@host", "term": 7, "backend": "redis://:***@host:6379/0",
-     "lease_age": 0.12, "lease_remaining": 2.85, "leading_for": 341.2}
+     "lease_age": 0.12, "lease_remaining": 2.85, "leading_for": 341.2, "store_error": None,
+     "leader_queue": "billing.leader", "consuming_leader_queue": true,
+     "leader_queue_messages": 3}
+
+``leader_queue_messages`` counts the leader-queue messages the worker holds: prefetched and
+waiting, or running.
 
 ``celery inspect conf`` and ``celery report`` print the configuration through Celery's
 ``filter_hidden_settings``, which masks a key holding "backend" with kombu-style URL parsing: a

@@ -23,24 +23,37 @@ trip per task. A body
 runs holding its worker's admission lock (a shared ``flock``), so a worker shutting down
 resigns only once its leader-only bodies have ended.
 
-On a follower the body does not run; what happens is the task's ``policy``, else the
+``install(app)`` routes these tasks to the election's leader queue, which only the leading
+worker consumes (:mod:`~celery_leaderfeed.celery.leader_queue`), so as a rule a body reaches
+only the leader. The check here is the safety net for a message that races a leadership change
+(prefetched just before a handover, or taken by a paused leader whose lease ran out). On a
+follower the body does not run; what happens is the task's ``policy``, else the
 ``leaderfeed_follower_policy`` setting:
 
-========= ======================================================================================
-policy    what happens, and what the result backend shows
-========= ======================================================================================
-``skip``  One INFO log line with the reason, then Celery's ``Ignore``: the worker stores nothing
-          itself. If the task stores results, its state is ``SKIPPED`` (:data:`SKIPPED`) with
-          meta ``{"reason": "not_leader", "worker": ..., "leader": ...}``. Celery does not count
-          ``SKIPPED`` as ready: ``AsyncResult.get()`` keeps waiting (give it a timeout), a chain
-          stops there and a chord with it in its header never completes - use ``raise`` where
-          a caller waits for the result. Monitors fed by events (Flower) see no final event.
-``retry`` ``self.retry(countdown=leaderfeed_retry_delay, exc=NotLeaderError(...))``: state
-          ``RETRY``, and the message comes back for whichever worker takes it. The task's
-          ``max_retries`` applies (default 3; then ``FAILURE`` with the ``NotLeaderError``).
-``raise`` ``NotLeaderError`` is raised: state ``FAILURE``, ``get()`` raises it. Add
-          ``throws=(NotLeaderError,)`` to the task to log it without a traceback.
-========= ======================================================================================
+=========== ====================================================================================
+policy      what happens, and what the result backend shows
+=========== ====================================================================================
+``requeue`` The default: the message goes back to the leader queue for the leader, with the
+            same task id, arguments and headers, and the retry count unchanged - not a retry,
+            nothing stored. An ``acks_late`` message taken from the leader queue is rejected
+            with requeue (the broker puts it back); any other is published again to the leader
+            queue and this delivery acknowledged. Use it whenever the work must happen.
+``skip``    For work that may be dropped when it lands on a follower (a cache refresh the
+            next run redoes). One INFO log line with the reason, then Celery's ``Ignore``:
+            the worker stores nothing itself. If the task stores results, its state is
+            ``SKIPPED`` (:data:`SKIPPED`) with meta ``{"reason": "not_leader", "worker": ...,
+            "leader": ...}``. Celery does not count ``SKIPPED`` as ready:
+            ``AsyncResult.get()`` keeps waiting (give it a timeout), a chain stops there and a
+            chord with it in its header never completes - use ``raise`` where a caller waits
+            for the result. Monitors fed by events (Flower) see no final event.
+``retry``   For work that may wait and must give up at some point: ``self.retry(countdown=
+            leaderfeed_retry_delay, exc=NotLeaderError(...))``, state ``RETRY``; the message
+            goes to the queue it came from (the leader queue, as a rule). ``max_retries``
+            applies (default 3; then ``FAILURE`` with the ``NotLeaderError``).
+``raise``   For a caller that must learn at once that it reached a non-leader:
+            ``NotLeaderError`` is raised, state ``FAILURE``, ``get()`` raises it. Add
+            ``throws=(NotLeaderError,)`` to the task to log it without a traceback.
+=========== ====================================================================================
 
 A body that runs reads the term it was admitted under with :func:`current_term` - pass it as a
 fencing token to whatever it writes, so the receiver can refuse writes from an older term.
@@ -65,12 +78,13 @@ with celery_extra():
     from celery._state import get_current_task
     from celery.app.task import Task, get_actual_ignore_result
     from celery.backends.base import DisabledBackend
-    from celery.exceptions import Ignore
+    from celery.exceptions import Ignore, Reject
     from celery.local import Proxy
 
 from ..engine.election import Lease, Role
 from ..errors import ConfigurationError, NotLeaderError, UsageError
-from .settings import FOLLOWER_POLICIES, FollowerPolicy
+from .leader_queue import LEADER_ONLY_MARK, leader_queue
+from .settings import FOLLOWER_POLICIES, FollowerPolicy, leader_queue_name
 from .worker_lease import leader_admission, worker_settings
 
 __all__ = ["SKIPPED", "current_term", "leader_only"]
@@ -110,7 +124,7 @@ def leader_only(*, policy: FollowerPolicy | None = None) -> Callable[[F], F]: ..
 def leader_only(fn: F | None = None, /, *, policy: FollowerPolicy | None = None) -> Any:
     """Run the task body only on the current leader; see the module docstring.
 
-    ``policy`` (``"skip"``, ``"retry"`` or ``"raise"``) overrides the
+    ``policy`` (``"requeue"``, ``"skip"``, ``"retry"`` or ``"raise"``) overrides the
     ``leaderfeed_follower_policy`` setting for this task.
     """
     if policy is not None and policy not in FOLLOWER_POLICIES:
@@ -144,6 +158,7 @@ def _wrap(fn: F, policy: FollowerPolicy | None) -> F:
 
     # Celery checks call arguments against the signature it reads from the task function.
     leader_only_body.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    setattr(leader_only_body, LEADER_ONLY_MARK, True)  # routed to the leader queue
     return leader_only_body  # type: ignore[return-value]
 
 
@@ -155,7 +170,7 @@ def _on_follower(
     lease: Lease | None,
 ) -> Any:
     settings = worker_settings(app)
-    chosen = policy or (settings.follower_policy if settings is not None else "skip")
+    chosen = policy or (settings.follower_policy if settings is not None else "requeue")
     request = task.request if task is not None else None
     worker = lease.member_id if lease is not None else getattr(request, "hostname", None)
     leader = lease.leader_id if lease is not None else None
@@ -171,6 +186,14 @@ def _on_follower(
 
     if chosen == "raise" or (chosen == "retry" and task is None):
         raise NotLeaderError(f"leader-only task {name}: {reason}", term=term)
+    if (
+        chosen == "requeue"
+        and task is not None
+        and request is not None
+        and not request.called_directly
+        and not request.is_eager
+    ):
+        _requeue(task, app, request, name, task_id, reason)
     if chosen == "retry":
         delay = settings.retry_delay if settings is not None else _FALLBACK_RETRY_DELAY
         logger.info("leader-only task %s[%s]: %s; retrying in %g s", name, task_id, reason, delay)
@@ -189,6 +212,24 @@ def _on_follower(
             logger.warning(
                 "leader-only task %s[%s]: could not store SKIPPED: %r", name, task_id, exc
             )
+    raise Ignore()
+
+
+def _requeue(task: Any, app: Any, request: Any, name: str, task_id: Any, reason: str) -> None:
+    """Send this delivery back to the leader queue (the ``requeue`` policy); always raises."""
+    queue = leader_queue_name(app)
+    info = request.delivery_info or {}
+    if task.acks_late and info.get("routing_key") == queue:
+        logger.info(
+            "leader-only task %s[%s]: %s; rejected back to %s", name, task_id, reason, queue
+        )
+        raise Reject(reason, requeue=True)
+    # Acknowledged already (acks early), or it came from another queue: publish it again,
+    # same id, arguments, headers and retry count; this delivery is then acknowledged.
+    task.signature_from_request(
+        request, queue=leader_queue(app), retries=request.retries
+    ).apply_async()
+    logger.info("leader-only task %s[%s]: %s; sent back to %s", name, task_id, reason, queue)
     raise Ignore()
 
 

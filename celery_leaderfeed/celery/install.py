@@ -5,7 +5,9 @@
     app = Celery("proj")
     celery_leaderfeed.install(app)
 
-It adds the worker step, the ``--leaderfeed-*`` options of ``celery worker`` and ``celery beat``
+It adds the worker step, the routing of ``@leader_only`` tasks to the election's leader queue
+(after the user's own routes, see :mod:`~celery_leaderfeed.celery.leader_queue`), the
+``--leaderfeed-*`` options of ``celery worker`` and ``celery beat``
 (each overrides the ``leaderfeed_*`` setting of the same name) and the ``celery inspect
 leaderfeed`` command. Nothing else in the package registers anything on import.
 
@@ -31,6 +33,7 @@ with celery_extra():
     import click
 
 from .bootstep import LeaderFeedStep
+from .leader_queue import install_routing
 from .settings import FOLLOWER_POLICIES
 
 __all__ = ["beat_options", "install", "worker_options"]
@@ -48,6 +51,7 @@ def install(app: Any) -> None:
         from . import control  # noqa: F401, PLC0415 - registers `celery inspect leaderfeed`
 
         app.steps["worker"].add(LeaderFeedStep)
+        install_routing(app)
         _add_options(app.user_options["worker"], worker_options())
         _add_options(app.user_options["beat"], beat_options())
         _installed.add(app)
@@ -117,4 +121,5 @@ _WORKER_ONLY = [
         type=click.Choice(FOLLOWER_POLICIES),
     ),
     _spec("--leaderfeed-retry-delay", "Countdown of the retry policy (seconds).", type=float),
+    _spec("--leaderfeed-queue", "Queue of leader-only tasks (default: <name>.leader)."),
 ]

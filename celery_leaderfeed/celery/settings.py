@@ -18,8 +18,11 @@ setting                            default               meaning
 ``leaderfeed_election_timeout_min`` ``3.0``              follower wait before claiming, lower bound
 ``leaderfeed_election_timeout_max`` ``4.0``              ... upper bound (crash failover time)
 ``leaderfeed_operation_timeout``   heartbeat interval    bound on every store call
-``leaderfeed_follower_policy``     ``"skip"``            ``@leader_only`` on a follower: ``skip``,
-                                                         ``retry`` (later) or ``raise``
+``leaderfeed_queue``              ``<name>.leader``     queue of leader-only tasks; only the
+                                                         leader consumes it
+``leaderfeed_follower_policy``     ``"requeue"``         ``@leader_only`` on a follower:
+                                                         ``requeue`` (to the leader queue),
+                                                         ``skip``, ``retry`` (later) or ``raise``
 ``leaderfeed_retry_delay``         election timeout max  countdown of the ``retry`` policy
 ``leaderfeed_misfire_policy``      ``"run_once"``        runs missed during a failover gap:
                                                          ``run_once``, ``skip`` or ``catch_up``
@@ -58,13 +61,15 @@ __all__ = [
     "FOLLOWER_POLICIES",
     "MISFIRE_POLICIES",
     "LeaderfeedSettings",
+    "election_name",
+    "leader_queue_name",
     "resolve_settings",
     "unknown_settings",
 ]
 
-FollowerPolicy = Literal["skip", "retry", "raise"]
+FollowerPolicy = Literal["requeue", "skip", "retry", "raise"]
 MisfirePolicy = Literal["run_once", "skip", "catch_up"]
-FOLLOWER_POLICIES: tuple[FollowerPolicy, ...] = ("skip", "retry", "raise")
+FOLLOWER_POLICIES: tuple[FollowerPolicy, ...] = ("requeue", "skip", "retry", "raise")
 MISFIRE_POLICIES: tuple[MisfirePolicy, ...] = ("run_once", "skip", "catch_up")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -74,11 +79,12 @@ DEFAULTS: dict[str, Any] = {
     "leaderfeed_backend": None,
     "leaderfeed_backend_options": {},
     "leaderfeed_name": None,
+    "leaderfeed_queue": None,
     "leaderfeed_heartbeat_interval": 1.0,
     "leaderfeed_election_timeout_min": 3.0,
     "leaderfeed_election_timeout_max": 4.0,
     "leaderfeed_operation_timeout": None,
-    "leaderfeed_follower_policy": "skip",
+    "leaderfeed_follower_policy": "requeue",
     "leaderfeed_retry_delay": None,
     "leaderfeed_misfire_policy": "run_once",
     "leaderfeed_catch_up_limit": 10,
@@ -94,11 +100,13 @@ class LeaderfeedSettings:
     name: str
     timing: Timing
     backend_options: Mapping[str, Any] = field(default_factory=dict)
-    follower_policy: FollowerPolicy = "skip"
+    follower_policy: FollowerPolicy = "requeue"
     retry_delay: float = 4.0
     misfire_policy: MisfirePolicy = "run_once"
     catch_up_limit: int = 10
     beat_name: str = "celery.beat"
+    #: Queue of the election's leader-only tasks (default ``<name>.leader``).
+    queue: str = "celery.leader"
 
     def __repr__(self) -> str:
         # Not the generated one: the backend's URL and options may hold a password.
@@ -262,11 +270,7 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
         )
     backend_class(backend_url)  # unknown scheme or missing driver: fail now, in one line
 
-    name = get("leaderfeed_name") or getattr(app, "main", None) or "celery"
-    if not isinstance(name, str):
-        raise ConfigurationError(f"leaderfeed_name must be a string, got {name!r}")
-    if name == "__main__":
-        name = "celery"
+    name = election_name(app, given)
 
     timing = _timing(get)
 
@@ -282,6 +286,8 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
         raise ConfigurationError(
             f"leaderfeed_catch_up_limit must be a positive integer, got {limit!r}"
         )
+
+    queue = leader_queue_name(app, given)
 
     beat_name = get("leaderfeed_beat_name") or f"{name}.beat"
     if not isinstance(beat_name, str):
@@ -309,4 +315,29 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
         ),
         catch_up_limit=limit,
         beat_name=beat_name,
+        queue=queue,
     )
+
+
+def election_name(app: Any, overrides: Mapping[str, Any] | None = None) -> str:
+    """``leaderfeed_name`` of ``app`` (default: the app's main module name, else "celery")."""
+    name = _lookup(app, overrides or {}, "leaderfeed_name") or getattr(app, "main", None)
+    if not name or name == "__main__":
+        return "celery"
+    if not isinstance(name, str):
+        raise ConfigurationError(f"leaderfeed_name must be a string, got {name!r}")
+    return name
+
+
+def leader_queue_name(app: Any, overrides: Mapping[str, Any] | None = None) -> str:
+    """The leader queue of ``app``'s election: ``leaderfeed_queue``, else ``<name>.leader``.
+
+    Read without resolving the other settings, so a client that only sends tasks (no store
+    configured) routes leader-only tasks the way its workers consume them.
+    """
+    queue = _lookup(app, overrides or {}, "leaderfeed_queue")
+    if queue is None:
+        return f"{election_name(app, overrides)}.leader"
+    if not isinstance(queue, str) or not queue.strip():
+        raise ConfigurationError(f"leaderfeed_queue must be a queue name, got {queue!r}")
+    return queue

@@ -168,20 +168,29 @@ class SharedLease:
         finally:
             fcntl.flock(descriptor, fcntl.LOCK_UN)
 
-    def wait_admitted(self, on_wait: Callable[[], None] | None = None, poll: float = 0.01) -> None:
+    def wait_admitted(
+        self,
+        on_wait: Callable[[], None] | None = None,
+        poll: float = 0.01,
+        timeout: float | None = None,
+    ) -> bool:
         """Return once no process holds the admission lock (the owner, while handing over).
 
         The caller first marks the lease follower, so whoever takes the lock afterwards reads
         that and leaves at once; the wait is for bodies admitted before. ``on_wait`` is called
-        once if there is anything to wait for.
+        once if there is anything to wait for. With ``timeout``, gives up after that many
+        seconds; False then.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         descriptor = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             while True:
                 try:
                     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
+                    return True
                 except BlockingIOError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return False
                     if on_wait is not None:
                         on_wait()
                         on_wait = None

@@ -6,7 +6,7 @@ delivered (:meth:`Election.observe`, :meth:`Election.feed_lost`, ...) and calls
 and returns the seconds until it next needs to run. With an injected clock the whole machine is
 testable without threads or sleeps.
 
-Safety rests on four rules:
+Safety rests on these rules:
 
 * every change of holder is a compare-and-set in the store that raises the term;
 * a follower claims only after it has seen the record unchanged for a random time of at least
@@ -15,7 +15,11 @@ Safety rests on four rules:
   has passed since it *sent* its last acknowledged renewal - whatever the feed says or not;
 * a record that is missing or not ours (the store lost it, or never had it) is claimed at once,
   but the new leader acts only ``election_timeout_min`` after sending its claim: any leader the
-  store forgot has stopped by then, because its lease was renewed before the loss.
+  store forgot has stopped by then, because its lease was renewed before the loss;
+* so is a record the store may have *rolled back* - one written under an earlier history of the
+  store (``Observation.suspect``: a restart from a snapshot, a promoted replica), one older than
+  a version this member saw, or one a claim found suspect: a vacancy or our own token in it
+  proves nothing, since the store may have forgotten a later claim whose holder still acts.
 
 What the owner learns back: :meth:`Election.step` returns a :class:`Turn` (when to step again,
 and whether the change feed went quiet); :attr:`Election.revision` rises with every change of
@@ -26,6 +30,7 @@ observers once per turn however many changes the turn made; listeners' events go
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -41,7 +46,7 @@ from ..timing import Timing
 from .listeners import Emit, Event
 from .retry import Backoff, FaultLog, refused_pace, report_interval
 
-__all__ = ["FOLLOWING", "Election", "Lease", "Role", "Stats", "Turn"]
+__all__ = ["FOLLOWING", "Election", "Lease", "Resignation", "Role", "Stats", "Turn"]
 
 logger = logging.getLogger("celery_leaderfeed")
 
@@ -127,6 +132,25 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
+class Resignation:
+    """A leader about to give leadership up of its own accord (``elect`` of another member,
+    ``stop``): what the owner's ``before_resign`` hook is told, while the lease is still valid
+    and before the resign is written. A lease that runs out is never announced in advance."""
+
+    #: The term being given up.
+    term: int
+    #: The member leadership is handed to; None: whoever claims first (``stop``).
+    nominee: str | None
+    #: Monotonic time by which the hook must return: the engine neither renews nor resigns
+    #: while it runs.
+    deadline: float
+
+
+def _no_hook(resignation: Resignation, /) -> None:
+    del resignation
+
+
+@dataclass(frozen=True, slots=True)
 class _PendingResign:
     term: int
     token: str
@@ -147,6 +171,7 @@ class Election:
         rng: random.Random | None = None,
         emit: Emit = _no_event,
         faults: FaultLog | None = None,
+        before_resign: Callable[[Resignation], None] = _no_hook,
     ) -> None:
         self.backend = backend
         self.member_id = member_id
@@ -155,6 +180,8 @@ class Election:
         self.clock = clock
         self.rng = rng or random.Random()
         self.emit = emit
+        #: Called before a voluntary resign (see :class:`Resignation`).
+        self.before_resign = before_resign
 
         self.lease: Lease = FOLLOWING
         #: Rises with every change of the lease, of the record's known state or of the announced
@@ -249,6 +276,15 @@ class Election:
             # it may predate a claim already seen. Read the store instead of believing it.
             self.read_at = now
             return
+        if (
+            authoritative
+            and record is not None
+            and record.version < self.max_version
+            and not observation.suspect
+        ):
+            # The store answers with a state older than one it showed us: it went back in time
+            # without saying so. Whoever held the versions it forgot may still act.
+            observation = dataclasses.replace(observation, suspect=True)
         if record is not None:
             self.max_term = max(self.max_term, record.term)
             self.max_version = max(self.max_version, record.version)
@@ -263,7 +299,9 @@ class Election:
         self._report_foreign(observation)
 
         if self.lease.role is Role.LEADER:
-            if record is None or record.token != self.token or record.term != self.lease.term:
+            if observation.suspect:
+                self._step_down(now, "the store may have gone back to an earlier state")
+            elif record is None or record.token != self.token or record.term != self.lease.term:
                 holder = "nobody" if record is None else repr(record.holder)
                 self._step_down(now, f"the record now names {holder}")
             elif record.nominee is not None and record.nominee != self.member_id:
@@ -312,9 +350,10 @@ class Election:
         nominee_elsewhere = (
             record is not None and record.nominee is not None and record.nominee != self.member_id
         )
-        if record is None:
-            # Missing or foreign: waiting would prove nothing (the store may have forgotten a
-            # live leader); the claim instead takes effect one timeout later (see _claim).
+        if record is None or self.known.suspect:
+            # Missing, foreign or possibly rolled back: waiting would prove nothing (the store
+            # may have forgotten a live leader); the claim instead takes effect one timeout
+            # later (see _claim).
             self.election_at = now
         elif record.vacant:
             # A resigned leader stopped acting before it wrote this: claim at once, but let a
@@ -445,9 +484,12 @@ class Election:
         feed_quiet = False
         if result.ok:
             self.stats.claims_won += 1
-            # Over a record the store lost, a leader it forgot may act until its lease runs
-            # out; that lease was renewed before the loss, so before this claim was sent.
-            delay = self.timing.election_timeout_min if known.record is None else 0.0
+            # Over a record the store lost or may have rolled back, a leader it forgot may act
+            # until its lease runs out; that lease was renewed before the loss, so before this
+            # claim was sent. The store says whether the record it replaced was suspect: our
+            # own view of it may predate the rollback.
+            doubt = known.record is None or known.suspect or result.over_suspect
+            delay = self.timing.election_timeout_min if doubt else 0.0
             self._become_leader(result, sent, sent + delay)
         elif self._missed_renewals(known, result.observation, sent):
             # The same leader renewed long ago and the feed never said so: it has gone deaf.
@@ -491,7 +533,8 @@ class Election:
         self._announced = False
         if valid_from > sent:
             logger.info(
-                "leaderfeed %r: %s claimed a lost record (term %d); acting in %.2f s",
+                "leaderfeed %r: %s claimed a lost or possibly rolled-back record (term %d); "
+                "acting in %.2f s",
                 self.backend.name,
                 self.member_id,
                 record.term,
@@ -570,6 +613,11 @@ class Election:
             # time out instead (followers' waits already cover the rest of ours).
             self._step_down(now, "stepping down without resigning: the claim is still waiting")
             return
+        # The owner stops its leader-only work first (a worker stops taking the leader queue);
+        # the lease stays valid meanwhile, so it is bounded by the lease and one heartbeat.
+        deadline = min(now + self.timing.heartbeat_interval, lease.deadline)
+        self.before_resign(Resignation(lease.term, nominee, deadline))
+        now = self.clock()
         self._pending_resign = _PendingResign(lease.term, lease.token, nominee)
         self._step_down(now, f"handing over to {nominee}" if nominee else "resigning")
         self._resign_pending()

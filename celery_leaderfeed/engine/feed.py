@@ -43,7 +43,7 @@ from ..backends.base import Backend
 from ..errors import BackendUnavailable, ConfigurationError, LeaderfeedError, LeaderfeedTimeout
 from ..record import Observation
 from ..timing import Timing
-from .election import Election, Lease, Role, Stats
+from .election import Election, Lease, Resignation, Role, Stats
 from .listeners import Event, Listener, Listeners
 from .retry import Backoff, FaultLog, refused_pace, report_interval
 from .subscription import FeedItem, FeedLost, SubscriptionSupervisor
@@ -137,6 +137,7 @@ class LeaderFeed:
         self._clock = clock
         self._listeners = Listeners(f"leaderfeed-listeners[{self.backend.name}]")
         self._observers: list[Callable[[LeaderFeed], None]] = []
+        self._resign_hooks: list[Callable[[Resignation], None]] = []
         self._changed = threading.Condition()
         self._status = Status.STOPPED
         self._lifecycle = threading.Lock()
@@ -237,6 +238,34 @@ class LeaderFeed:
         """
         self._observers.append(observer)
 
+    def add_resign_hook(self, hook: Callable[[Resignation], None]) -> None:
+        """Call ``hook(resignation)`` on the engine thread when this member is about to give
+        leadership up of its own accord (``elect`` of another member, ``stop``): its lease is
+        still valid and nothing is written yet. The resign follows once every hook returned.
+
+        For integrations that must stop leader-only work before another member may start it
+        (the Celery step stops consuming the leader queue). A hook should return by
+        ``resignation.deadline`` (at most one heartbeat away): the engine does not renew while
+        it runs. One that raises is logged and the resign goes ahead. A lease that runs out is
+        not announced in advance: nothing calls a hook then.
+        """
+        self._resign_hooks.append(hook)
+
+    def _before_resign(self, resignation: Resignation) -> None:
+        """Run the resign hooks (engine thread); report one that raised or ran late."""
+        for hook in self._resign_hooks:
+            try:
+                hook(resignation)
+            except Exception:
+                logger.exception("leaderfeed resign hook %r raised", hook)
+        late = self._clock() - resignation.deadline
+        if self._resign_hooks and late > 0:
+            logger.warning(
+                "leaderfeed %r: the resign hooks returned %.3f s after their deadline",
+                self.name,
+                late,
+            )
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self, *, retry: bool = False, timeout: float | None = None) -> LeaderFeed:
@@ -263,6 +292,7 @@ class LeaderFeed:
                 clock=self._clock,
                 rng=rng,
                 emit=self._listeners.emit,
+                before_resign=self._before_resign,
             )
             self._subscription = subscription = SubscriptionSupervisor(
                 self.backend, election, commands.put, rng=rng, emit=self._listeners.emit

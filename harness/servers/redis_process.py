@@ -14,9 +14,13 @@ from harness.helpers import free_port, wait_until
 
 
 class RedisServer:
-    """One redis-server process with no persistence; restartable on the same port."""
+    """One redis-server process with no persistence; restartable on the same port, empty or
+    from a snapshot taken earlier (:meth:`snapshot`, :meth:`restart_from`), and optionally a
+    replica of another (``replica_of``: that server's port)."""
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, password: str | None = None, replica_of: int | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -26,6 +30,7 @@ class RedisServer:
         self.binary = binary
         self.port = port or free_port()
         self.password = password
+        self.replica_of = replica_of
         self.dir = Path(tempfile.mkdtemp(prefix="leaderfeed-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -39,7 +44,13 @@ class RedisServer:
             host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5
         )
 
-    def start(self) -> RedisServer:
+    def start(self, snapshot: bytes | None = None) -> RedisServer:
+        """Start on the port; with ``snapshot`` (from :meth:`snapshot`) it loads that state."""
+        dump = self.dir / "dump.rdb"
+        if snapshot is None:
+            dump.unlink(missing_ok=True)
+        else:
+            dump.write_bytes(snapshot)
         args = [
             self.binary,
             "--bind",
@@ -57,6 +68,10 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+            if self.password:
+                args += ["--masterauth", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, 10, interval=0.01, message=f"redis-server on port {self.port}")
         return self
@@ -81,6 +96,41 @@ class RedisServer:
         """Kill -9 and start again on the same port: every key and connection is lost."""
         self.stop()
         self.start()
+
+    def snapshot(self) -> bytes:
+        """Everything the server holds now, as an RDB file (SAVE: synchronous)."""
+        client = self.client()
+        try:
+            client.save()
+        finally:
+            client.close()
+        dump = self.dir / "dump.rdb"
+        data = dump.read_bytes()
+        dump.unlink()
+        return data
+
+    def restart_from(self, snapshot: bytes) -> None:
+        """Kill -9 and start again from ``snapshot``, as a supervisor restarting Redis from an
+        RDB or AOF file older than the last writes would: a new run id, an earlier state."""
+        self.stop()
+        self.start(snapshot)
+
+    def cut_replication(self) -> None:
+        """Stop a replica from receiving its master's writes; it keeps what it has."""
+        client = self.client()
+        try:
+            client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        finally:
+            client.close()
+
+    def promote(self) -> None:
+        """Make a replica a master (REPLICAOF NO ONE): it gets a new replication id."""
+        client = self.client()
+        try:
+            client.execute_command("REPLICAOF", "NO", "ONE")
+        finally:
+            client.close()
+        self.replica_of = None
 
     def kill_clients(self) -> int:
         """Drop every client connection (CLIENT KILL), as a network blip would."""

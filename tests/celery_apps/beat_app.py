@@ -20,6 +20,8 @@ from celery import Celery
 from celery.signals import beat_init
 
 import celery_leaderfeed
+from celery_leaderfeed import leader_only
+from celery_leaderfeed.celery.decorators import current_term
 
 CONF: dict[str, Any] = json.loads(os.environ.get("LEADERFEED_TEST_CONF", "{}"))
 RUNS_KEY = os.environ.get("LEADERFEED_TEST_KEY", "leaderfeed-test:beat")
@@ -74,3 +76,23 @@ def pulse(self: Any) -> None:
 def _beat_started(sender: Any = None, **kwargs: Any) -> None:
     beat = {"pid": os.getpid(), "ppid": os.getppid(), "host": socket.gethostname()}
     _redis().rpush(f"{RUNS_KEY}:beats", json.dumps(beat))
+
+
+@app.task(bind=True, name="beat_app.leader_pulse", acks_late=True, reject_on_worker_lost=True)
+@leader_only
+def leader_pulse(self: Any) -> None:
+    """A periodic task that is also leader-only: routed to the leader queue, run there once."""
+    headers = self.request.headers or {}
+
+    def header(name: str) -> Any:
+        return headers.get(name, getattr(self.request, name, None))
+
+    run = {
+        "occurrence": header("leaderfeed_occurrence"),
+        "coalesced": header("leaderfeed_coalesced") or [],
+        "term": current_term(),
+        "sender": header("leaderfeed_sender"),
+        "host": self.request.hostname,
+        "at": time.time(),
+    }
+    _redis().rpush(f"{RUNS_KEY}:leader", json.dumps(run))

@@ -8,9 +8,9 @@ import random
 import pytest
 
 from celery_leaderfeed.backends.base import RecordChanged
-from celery_leaderfeed.engine.election import Role
+from celery_leaderfeed.engine.election import Resignation, Role
 from celery_leaderfeed.record import LeaderRecord, Observation
-from tests.unit.simulation import TIMING, Cluster, roles
+from tests.unit.simulation import TIMING, Cluster, Member, roles
 
 HEARTBEAT = TIMING.heartbeat_interval
 LOW, HIGH = TIMING.election_timeout_min, TIMING.election_timeout_max
@@ -170,6 +170,31 @@ def test_elect_from_a_bystander_hands_over_to_the_nominee() -> None:
     assert not cluster.member(leader).leading
     cluster.run(3 * HIGH)
     assert cluster.leader() is nominee
+
+
+def test_the_resign_hook_runs_while_the_lease_is_valid_and_before_the_resign() -> None:
+    cluster = Cluster(3)
+    leader = cluster.member(settle(cluster))
+    nominee = next(m for m in cluster.members if m is not leader)
+    seen: list[tuple[Resignation, bool, str | None]] = []
+
+    def hook(resignation: Resignation) -> None:
+        record = cluster.store.observe("sim").record
+        assert record is not None
+        seen.append((resignation, leader.election.lease.valid(cluster.clock()), record.holder))
+
+    leader.election.before_resign = hook
+    term = leader.election.lease.term
+    leader.election.request_leader(nominee.id, cluster.clock())
+    cluster.run_until(lambda: nominee.leading, HEARTBEAT)
+    assert [(r.term, r.nominee, valid, holder) for r, valid, holder in seen] == [
+        (term, nominee.id, True, leader.id)  # still leading, nothing written yet
+    ]
+    resignation = seen[0][0]
+    assert resignation.deadline <= leader.election.clock() + HEARTBEAT
+    nominee.election.before_resign = hook
+    nominee.election.shutdown()  # stop() resigns too
+    assert [r.nominee for r, _, _ in seen] == [nominee.id, None]
 
 
 def test_elect_self_when_following() -> None:
@@ -340,12 +365,30 @@ def test_foreign_data_over_a_live_record_demotes_its_leader_at_the_next_renewal(
 # -- randomized faults -----------------------------------------------------------------------------
 
 
+FAULTS = ("pause", "outage", "deaf", "crash", "elect", "wipe", "quiet")
+
+
 @pytest.mark.parametrize("seed", range(100))
 def test_random_pauses_outages_crashes_and_lossy_feeds_never_make_two_leaders(seed: int) -> None:
+    cluster = random_faults(seed, FAULTS)
+    assert cluster.terms() == sorted(cluster.terms())
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_random_rollbacks_of_the_store_never_make_two_leaders(seed: int) -> None:
+    # "rollback" sends the store back to any earlier state, revealed by a new history marker
+    # or (after a delayed restart) not; "rollback-soon" to one of the last few states, where
+    # the leaders that the store forgot are most likely still acting.
+    cluster = random_faults(seed, (*FAULTS, "rollback", "rollback-soon", "rollback-soon"))
+    assert cluster.terms() == sorted(cluster.terms())
+
+
+def random_faults(seed: int, faults: tuple[str, ...], rounds: int = 30) -> Cluster:
+    """Inflict ``rounds`` random faults on four members; every tick checks safety."""
     rng = random.Random(seed)
     cluster = Cluster(4, seed=seed)
-    for _ in range(30):
-        fault = rng.choice(["pause", "outage", "deaf", "crash", "elect", "wipe", "quiet"])
+    for _ in range(rounds):
+        fault = rng.choice(faults)
         victim = rng.choice(cluster.members)
         if fault == "pause":
             victim.paused = True
@@ -364,10 +407,136 @@ def test_random_pauses_outages_crashes_and_lossy_feeds_never_make_two_leaders(se
             victim.election.request_leader(target.id, cluster.clock())
         elif fault == "wipe":
             cluster.store.put_raw("sim", None)
+        elif fault.startswith("rollback"):
+            states = cluster.history[-4:] if fault == "rollback-soon" else cluster.history
+            new_history = rng.random() < 0.7
+            down = rng.choice([0.0, rng.uniform(0, TIMING.lease_duration)])
+            # Whoever leads may be slow to hear of it while others act on the old state.
+            slow = [m for m in cluster.members if m.leading and rng.random() < 0.5]
+            cluster.roll_back(rng.choice(states), new_history=new_history, down=down)
+            for member in slow:
+                member.paused = True
+            cluster.run(rng.uniform(0, TIMING.lease_duration))
+            for member in slow:
+                member.paused = False
         cluster.run(rng.uniform(0, HIGH))
     # Liveness once the faults stop (deaf feeds heal by resubscribing or by failed claims).
     for member in cluster.members:
         member.deaf = False
         member.paused = False
     cluster.run_until(lambda: cluster.leader() is not None, 3 * HIGH)
+    return cluster
+
+
+# -- a store that goes back in time ----------------------------------------------------------------
+
+
+def rolled_back_past_a_claim(
+    cluster: Cluster, *, resume_before: bool, new_history: bool
+) -> tuple[Member, Member]:
+    """The leader pauses past its lease, another member claims the next term and acts, then the
+    store returns to the state from before that claim. Returns (old leader, successor)."""
+    old = cluster.member(settle(cluster))
+    cluster.run(0.5)
+    before = cluster.store.snapshot()
+    old.paused = True
+    cluster.run_until(lambda: any(m.leading for m in cluster.members if m is not old), HIGH + 2)
+    successor = cluster.leaders()[0]
+    cluster.run(0.5)
+    if resume_before:
+        old.paused = False
+        cluster.run(0.3)
+    cluster.roll_back(before, new_history=new_history, down=0.4)
+    # The successor still holds its lease and is slow to hear of the rollback (a busy engine
+    # thread, a read that takes its time); the old leader wakes up first.
+    successor.paused = True
+    old.paused = False
+    cluster.run(0.5)
+    successor.paused = False
+    cluster.run(3 * HIGH)
+    return old, successor
+
+
+def rolled_back_to_a_vacancy(cluster: Cluster, *, new_history: bool) -> Member:
+    """The leader resigns; the store is snapshotted while the record is vacant, a follower
+    claims it and acts, then the store returns to the vacant record. Returns the successor."""
+    old = cluster.member(settle(cluster))
+    old.election.shutdown()
+    cluster.members.remove(old)
+    vacant = cluster.store.snapshot()
+    cluster.run_until(lambda: cluster.leader() is not None, HEARTBEAT)
+    successor = cluster.leaders()[0]
+    cluster.run(0.5)
+    cluster.roll_back(vacant, new_history=new_history, down=0.4)
+    successor.paused = True  # slow to hear of it, as above
+    cluster.run(0.5)
+    successor.paused = False
+    cluster.run(3 * HIGH)
+    return successor
+
+
+@pytest.mark.parametrize("new_history", [True, False], ids=["new-history", "delayed-restart"])
+@pytest.mark.parametrize("resume_before", [True, False], ids=["resumed-before", "resumed-after"])
+def test_a_store_rolled_back_past_a_claim_never_gives_one_term_two_holders(
+    resume_before: bool, new_history: bool
+) -> None:
+    # Before the rule, the old leader found its own token, claimed at once and minted the
+    # successor's term again, acting while the successor still did. check() fails at once.
+    cluster = Cluster(3)
+    old, successor = rolled_back_past_a_claim(
+        cluster, resume_before=resume_before, new_history=new_history
+    )
+    assert cluster.leader() is not None
     assert cluster.terms() == sorted(cluster.terms())
+    assert old.id != successor.id
+
+
+@pytest.mark.parametrize("new_history", [True, False], ids=["new-history", "delayed-restart"])
+def test_a_restored_vacancy_is_not_acted_on_while_the_last_leader_may_act(
+    new_history: bool,
+) -> None:
+    cluster = Cluster(3)
+    successor = rolled_back_to_a_vacancy(cluster, new_history=new_history)
+    if new_history:
+        # The successor stops at its next renewal; whoever claims the restored vacancy acts
+        # only one election timeout after its claim.
+        record = cluster.store.observe("sim").record
+        assert record is not None and not record.vacant
+    assert cluster.leader() is not None
+    assert successor.election.max_term <= max(cluster.terms())
+
+
+def test_a_member_that_saw_a_later_version_distrusts_an_older_one() -> None:
+    # No history marker (e.g. MongoDB rolled back): whoever saw the versions the store forgot
+    # knows, and waits one timeout before acting on the older record.
+    cluster = Cluster(2)
+    old = cluster.member(settle(cluster))
+    other = next(m for m in cluster.members if m is not old)
+    old.election.shutdown()
+    cluster.members.remove(old)
+    vacant = cluster.store.snapshot()
+    cluster.run_until(lambda: other.leading, HEARTBEAT)
+    cluster.run(0.5)
+    cluster.store.restore(vacant, new_history=False)
+    cluster.run_until(lambda: other.election.known is not None and other.election.known.suspect, 1)
+    assert not other.leading  # it saw its own claim and renewals vanish
+    took = cluster.run_until(lambda: other.leading, LOW + 2 * HEARTBEAT)
+    assert took >= LOW - 2 * HEARTBEAT
+
+
+def test_a_claim_over_a_record_of_an_earlier_history_gets_a_term_from_the_clock() -> None:
+    cluster = Cluster(2)
+    old_term = cluster.member(settle(cluster)).election.lease.term
+    before = cluster.store.snapshot()
+    cluster.run(5.0)
+    restored_at_ms = int(cluster.store.clock() * 1000)
+    cluster.store.restore(before, new_history=True)
+
+    def new_term() -> bool:
+        leader = cluster.leader()
+        return leader is not None and leader.election.lease.term != old_term
+
+    took = cluster.run_until(new_term, LOW + 3 * HEARTBEAT)
+    assert took >= LOW  # claimed at once, acted on one timeout later
+    record = cluster.store.observe("sim").record
+    assert record is not None and record.term >= restored_at_ms

@@ -15,6 +15,7 @@ from celery_leaderfeed import (
     LeaderFeed,
     LeaderfeedError,
     LeaderfeedTimeout,
+    Resignation,
     Role,
     Status,
     Timing,
@@ -153,6 +154,35 @@ def test_elect_times_out_for_a_member_that_never_takes_over(url: str) -> None:
         with pytest.raises(LeaderfeedTimeout, match="ghost"):
             feed.elect("ghost", timeout=0.05)
         assert not feed.is_leader  # it handed over, as asked
+
+
+def test_resign_hooks_run_before_an_elect_hands_over_and_one_that_raises_is_logged(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = LeaderFeed(url, member_id="first", **FAST).start()
+    second = LeaderFeed(url, member_id="second", **FAST).start()
+    seen: list[tuple[Resignation, bool, str | None]] = []
+
+    def hook(resignation: Resignation) -> None:
+        seen.append((resignation, first.is_leader, first.backend.read().leader_id))
+
+    def broken(resignation: Resignation) -> None:
+        raise RuntimeError("hook failed")
+
+    first.add_resign_hook(hook)
+    first.add_resign_hook(broken)
+    try:
+        assert first.wait_for_leadership(5)
+        with caplog.at_level(logging.ERROR, logger="celery_leaderfeed"):
+            first.elect("second", timeout=5)
+        assert second.wait_for_leadership(5)
+        [(resignation, leading, holder)] = seen
+        assert (resignation.nominee, leading, holder) == ("second", True, "first")
+        assert "resign hook" in caplog.text and "hook failed" in caplog.text
+    finally:
+        first.stop()  # a follower: resigns nothing
+        second.stop()
+    assert len(seen) == 1
 
 
 def test_elect_needs_a_started_feed() -> None:

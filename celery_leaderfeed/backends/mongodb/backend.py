@@ -25,6 +25,7 @@ from ...errors import BackendUnavailable, ConfigurationError
 from ...record import CORRUPT_VERSION, MISSING_VERSION, RECORD_FORMAT, Observation, WriteResult
 from ...urls import url_error, url_scheme, without_userinfo
 from ..base import Backend, Refusal, Subscription
+from ..transitions import CLOCK_LAG_MS
 from .documents import (
     NAMESPACE_EXISTS,
     NEXT_VERSION,
@@ -285,12 +286,15 @@ class MongoBackend(Backend):
 
     @staticmethod
     def _claimed(holder: str, token: str, min_term: int, min_version: int) -> list[Doc]:
-        """transitions.claimed: the stored term/version + 1, or for a new record the store
-        clock in milliseconds, computed from renewed_at exactly as fresh_term() would."""
+        """transitions.claimed: the stored term/version + 1, never more than CLOCK_LAG_MS below
+        the store clock in milliseconds, or for a new record that clock, computed from
+        renewed_at exactly as fresh_term() would."""
         fresh = {"$toLong": {"$multiply": ["$renewed_at", 1000]}}  # $toLong truncates
+        lagged = {"$subtract": [fresh, CLOCK_LAG_MS]}
 
         def raised(field: str, floor: int) -> Doc:  # $add of a missing field gives null
-            return {"$max": [{"$ifNull": [{"$toLong": {"$add": [field, 1]}}, fresh]}, floor]}
+            stored = {"$ifNull": [{"$toLong": {"$add": [field, 1]}}, fresh]}
+            return {"$max": [stored, lagged, floor]}
 
         claim: Doc = {"term": raised("$term", min_term), "version": raised("$version", min_version)}
         claim.update(format=RECORD_FORMAT, holder=literal(holder), token=literal(token))

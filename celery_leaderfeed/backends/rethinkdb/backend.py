@@ -22,6 +22,7 @@ from rethinkdb.errors import (
 from ...errors import BackendUnavailable, ConfigurationError
 from ...record import RECORD_FORMAT, Observation, WriteResult
 from ..base import Backend, DataChanged, FeedEvent, Refusal, Subscription
+from ..transitions import CLOCK_LAG_MS
 from .connection import (
     DEFAULT_TABLE,
     NAME_PATTERN,
@@ -242,8 +243,13 @@ class RethinkBackend(Backend):
     ) -> WriteResult:
         def change(doc: Term, valid: Term, now: Term) -> Term:
             fresh = now.mul(1000).floor()  # over a missing or foreign record: the clock in ms
-            term = at_least(r.branch(valid, doc["term"].add(1), fresh), min_term)
-            version = at_least(r.branch(valid, doc["version"].add(1), fresh), min_version)
+            lagged = fresh.sub(CLOCK_LAG_MS)  # never further below it (transitions.claimed)
+
+            def raised(field: str) -> Term:
+                return doc[field].add(1).do(lambda v: r.branch(v.gt(lagged), v, lagged))
+
+            term = at_least(r.branch(valid, raised("term"), fresh), min_term)
+            version = at_least(r.branch(valid, raised("version"), fresh), min_version)
             entries = r.branch(valid, entries_of(doc), {})
             new = self._new(holder, token, term, version, None, now, entries)
             return r.branch(version_of(doc, valid).eq(expected_version), new, doc)
