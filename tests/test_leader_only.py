@@ -6,7 +6,6 @@ over leadership, so each test controls whether the worker leads.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import threading
@@ -25,30 +24,12 @@ from celery_leaderfeed.celery.decorators import SKIPPED, current_term
 from celery_leaderfeed.celery.worker_lease import worker_feed
 from celery_leaderfeed.errors import ConfigurationError, NotLeaderError
 from harness.helpers import wait_until
-from tests.celery_apps.memory_app import TIMING, make_app, store_url
+from tests.celery_apps.memory_app import make_app, member
 
 
 @pytest.fixture
 def app(redis_url: str) -> Celery:
     return make_app(redis_url)
-
-
-@contextlib.contextmanager
-def member(app: Celery, member_id: str) -> Iterator[LeaderFeed]:
-    """Another member of the app's election, running in this process."""
-    feed = LeaderFeed(
-        store_url(app),
-        name=app.conf.leaderfeed_name,
-        member_id=member_id,
-        heartbeat_interval=TIMING["leaderfeed_heartbeat_interval"],
-        election_timeout_min=TIMING["leaderfeed_election_timeout_min"],
-        election_timeout_max=TIMING["leaderfeed_election_timeout_max"],
-    )
-    feed.start()
-    try:
-        yield feed
-    finally:
-        feed.stop()
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ the bad input the issue names (a route no leader consumes, a broker that cannot 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -20,13 +18,13 @@ from celery.contrib.testing.worker import start_worker
 from celery.signals import task_retry
 from kombu.transport import memory
 
-from celery_leaderfeed import LeaderFeed, leader_only
+from celery_leaderfeed import leader_only
 from celery_leaderfeed.celery.decorators import current_term
 from celery_leaderfeed.celery.leader_queue import check_broker_cancels
 from celery_leaderfeed.celery.worker_lease import leadership_report, worker_feed
 from celery_leaderfeed.errors import ConfigurationError
 from harness.helpers import wait_until
-from tests.celery_apps.memory_app import TIMING, make_app, store_url
+from tests.celery_apps.memory_app import make_app, member
 
 
 @pytest.fixture
@@ -37,23 +35,6 @@ def app(redis_url: str) -> Celery:
 def run_worker(app: Celery, **kwargs: Any) -> AbstractContextManager[Any]:
     kwargs.setdefault("pool", "solo")
     return start_worker(app, perform_ping_check=False, shutdown_timeout=20, **kwargs)
-
-
-@contextlib.contextmanager
-def member(app: Celery, member_id: str) -> Iterator[LeaderFeed]:
-    feed = LeaderFeed(
-        store_url(app),
-        name=app.conf.leaderfeed_name,
-        member_id=member_id,
-        heartbeat_interval=TIMING["leaderfeed_heartbeat_interval"],
-        election_timeout_min=TIMING["leaderfeed_election_timeout_min"],
-        election_timeout_max=TIMING["leaderfeed_election_timeout_max"],
-    )
-    feed.start()
-    try:
-        yield feed
-    finally:
-        feed.stop()
 
 
 def queue_of(app: Celery, task: Any, **options: Any) -> str:

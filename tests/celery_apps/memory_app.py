@@ -7,12 +7,15 @@ in about 1 s (4 s on kombu's memory transport, which polls with a 2 s timeout).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery
 
 import celery_leaderfeed
+from celery_leaderfeed import LeaderFeed
 
 HEARTBEAT = 0.05
 TIMING = {
@@ -41,3 +44,21 @@ def make_app(broker: str, *, install: bool = True, **conf: Any) -> Celery:
 
 def store_url(app: Celery) -> str:
     return str(app.conf.leaderfeed_backend)
+
+
+@contextlib.contextmanager
+def member(app: Celery, member_id: str) -> Iterator[LeaderFeed]:
+    """Another member of the app's election, running in this process."""
+    feed = LeaderFeed(
+        store_url(app),
+        name=app.conf.leaderfeed_name,
+        member_id=member_id,
+        heartbeat_interval=TIMING["leaderfeed_heartbeat_interval"],
+        election_timeout_min=TIMING["leaderfeed_election_timeout_min"],
+        election_timeout_max=TIMING["leaderfeed_election_timeout_max"],
+    )
+    feed.start()
+    try:
+        yield feed
+    finally:
+        feed.stop()
