@@ -22,7 +22,8 @@ from celery.contrib.testing.worker import start_worker
 
 from celery_leaderfeed import leader_only
 from celery_leaderfeed.backends.memory import MemoryStore, memory_store
-from celery_leaderfeed.celery.bootstep import LeaderFeedStep, WorkerConfigurationError
+from celery_leaderfeed.celery.bootstep import LeaderFeedStep
+from celery_leaderfeed.celery.settings import StartupConfigurationError
 from celery_leaderfeed.celery.shared_lease import segment_name
 from celery_leaderfeed.celery.signals import leadership_gained, leadership_lost
 from celery_leaderfeed.celery.worker_lease import (
@@ -148,7 +149,7 @@ def test_bad_settings_fail_the_worker_when_it_is_built(
     app: Celery, conf: dict[str, Any], named: str
 ) -> None:
     app.conf.update(conf)
-    with pytest.raises(WorkerConfigurationError) as caught:
+    with pytest.raises(StartupConfigurationError) as caught:
         app.WorkController(app=app, pool="solo", hostname="bad@localhost")
     error = caught.value
     assert isinstance(error, ConfigurationError)

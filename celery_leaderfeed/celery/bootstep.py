@@ -67,7 +67,6 @@ from typing import Any
 from ._extras import celery_extra
 
 with celery_extra():
-    import click
     from celery import bootsteps
     from celery.signals import worker_shutting_down
 
@@ -76,12 +75,18 @@ from ..engine.feed import LeaderFeed
 from ..errors import ConfigurationError
 from ..urls import redact_url
 from .leader_queue import LeaderQueueConsumer, check_broker_cancels, misrouted_leader_tasks
-from .settings import DEFAULTS, LeaderfeedSettings, resolve_settings, unknown_settings
+from .settings import (
+    DEFAULTS,
+    LeaderfeedSettings,
+    StartupConfigurationError,
+    resolve_settings,
+    unknown_settings,
+)
 from .shared_lease import SharedLease
 from .signals import send_leadership_signals
 from .worker_lease import ELECTION_ENV, register, unregister
 
-__all__ = ["LeaderFeedStep", "WorkerConfigurationError", "WorkerLeadership"]
+__all__ = ["LeaderFeedStep", "WorkerLeadership"]
 
 logger = logging.getLogger("celery_leaderfeed")
 
@@ -91,24 +96,12 @@ _HAND_OVER_JOIN_SECONDS = 10.0
 _RESIGN_POLL_SECONDS = 0.002
 
 
-class WorkerConfigurationError(ConfigurationError, click.ClickException):
-    """A bad leaderfeed setting, raised while the worker is built.
-
-    Also a ``click.ClickException``, so ``celery worker`` exits with one ``Error: ...`` line
-    and status 1 instead of a traceback; code that builds workers itself catches it as a
-    :class:`~celery_leaderfeed.errors.ConfigurationError`.
-    """
-
-    def __init__(self, message: str) -> None:
-        click.ClickException.__init__(self, f"leaderfeed: {message}")
-
-
 def _resolve_for_worker(app: Any, options: Mapping[str, Any]) -> LeaderfeedSettings:
     overrides = {key: options[key] for key in DEFAULTS if options.get(key) is not None}
     try:
         settings = resolve_settings(app, overrides)
     except ConfigurationError as exc:
-        raise WorkerConfigurationError(str(exc)) from exc
+        raise StartupConfigurationError(str(exc)) from exc
     for key, value in overrides.items():
         app.conf[key] = value  # children (fork or spawn) and the embedded beat read app.conf
     return settings
@@ -120,7 +113,7 @@ def _check_store_reach(settings: LeaderfeedSettings, *, embedded_beat: bool) -> 
         return
     url = redact_url(settings.backend_url)
     if embedded_beat:
-        raise WorkerConfigurationError(
+        raise StartupConfigurationError(
             f"leaderfeed_backend {url} keeps the election inside this worker process, and -B "
             "runs beat in another process that cannot see it: use a store that processes "
             "share (redis://, mongodb://, rethinkdb://)"
@@ -158,7 +151,7 @@ class WorkerLeadership:
         try:
             self.feed = settings.feed(hostname)
         except ConfigurationError as exc:
-            raise WorkerConfigurationError(str(exc)) from exc
+            raise StartupConfigurationError(str(exc)) from exc
         self.owner_pid = os.getpid()
         self.shared = SharedLease.create(settings.name, hostname)
         # Children find the segment by parent PID and election name. They inherit the name
@@ -365,7 +358,7 @@ class LeaderFeedStep(bootsteps.StartStopStep):  # type: ignore[misc]
         try:
             check_broker_cancels(parent.app)
         except ConfigurationError as exc:
-            raise WorkerConfigurationError(str(exc)) from exc
+            raise StartupConfigurationError(str(exc)) from exc
         super().__init__(parent, **kwargs)
 
     def create(self, parent: Any) -> WorkerLeadership:

@@ -42,7 +42,6 @@ from typing import Any
 from ._extras import celery_extra
 
 with celery_extra():
-    import click
     from celery.beat import BeatLazyFunc, Scheduler
 
 from ..engine.election import Lease
@@ -62,24 +61,13 @@ from .occurrences import (
     send_headers,
 )
 from .rival_beat import RivalBeatWatch
-from .settings import LeaderfeedSettings, resolve_settings
+from .settings import LeaderfeedSettings, StartupConfigurationError, resolve_settings
 
-__all__ = ["BeatConfigurationError", "LeaderScheduler"]
+__all__ = ["LeaderScheduler"]
 
 logger = logging.getLogger("celery_leaderfeed.beat")
 
 _TERMINATION_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-class BeatConfigurationError(ConfigurationError, click.ClickException):
-    """A bad leaderfeed setting, found while ``celery beat`` prints its banner.
-
-    Also a ``click.ClickException``, so ``celery beat`` exits with one ``Error: ...`` line and
-    status 1, as ``celery worker`` does.
-    """
-
-    def __init__(self, message: str) -> None:
-        click.ClickException.__init__(self, f"leaderfeed: {message}")
 
 
 def _in_embedded_beat() -> bool:
@@ -235,7 +223,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]  # celery is untyped
             settings = self._settings or resolve_settings(self.app)
         except ConfigurationError as exc:
             # Beat prints its banner before its logging starts: stop here, in one line.
-            raise BeatConfigurationError(str(exc)) from exc
+            raise StartupConfigurationError(str(exc)) from exc
         return (
             f"    . leaderfeed -> {redact_url(settings.backend_url)} "
             f"({_describe_timing(settings)}, misfire policy {settings.misfire_policy})"

@@ -55,12 +55,17 @@ from ..engine.feed import LeaderFeed
 from ..errors import ConfigurationError
 from ..timing import Timing
 from ..urls import redact_options, redact_url, url_scheme
+from ._extras import celery_extra
+
+with celery_extra():
+    import click
 
 __all__ = [
     "DEFAULTS",
     "FOLLOWER_POLICIES",
     "MISFIRE_POLICIES",
     "LeaderfeedSettings",
+    "StartupConfigurationError",
     "election_name",
     "leader_queue_name",
     "resolve_settings",
@@ -90,6 +95,18 @@ DEFAULTS: dict[str, Any] = {
     "leaderfeed_catch_up_limit": 10,
     "leaderfeed_beat_name": None,
 }
+
+
+class StartupConfigurationError(ConfigurationError, click.ClickException):
+    """A bad leaderfeed setting, found while ``celery worker`` or ``celery beat`` starts.
+
+    Also a ``click.ClickException``, so either command exits with one ``Error: leaderfeed: ...``
+    line and status 1 instead of a traceback; code that builds workers or schedulers itself
+    catches it as a :class:`~celery_leaderfeed.errors.ConfigurationError`.
+    """
+
+    def __init__(self, message: str) -> None:
+        click.ClickException.__init__(self, f"leaderfeed: {message}")
 
 
 @dataclass(frozen=True, slots=True)
