@@ -148,6 +148,11 @@ MISTAKES = [
         "leaderfeed_follower_policy must be one of requeue, skip, retry, raise; got 'ignore'",
         id="choice",
     ),
+    pytest.param(
+        {"leaderfeed_queue": " "},
+        "leaderfeed_queue must be a queue name, got ' '",
+        id="leader-queue",
+    ),
 ]
 #: How each command reports a bad setting: worker and beat as a click error; beat without its
 #: banner (--quiet) in its log, where it gets to only after starting its logging.
