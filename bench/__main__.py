@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import cost, leader_only, leader_queue, periodic, report, takeover
+from bench import cost, leader_only, leader_queue, metrics, periodic, report, takeover
 from bench.background_load import BackgroundLoad
 from bench.environment import describe, now_utc
 from bench.processes import REPO, stop_all
@@ -41,6 +41,7 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
         "cost": {"sizes": {b: [3, 50, 200] for b in STORES}, "window": 12.0, "settle": 3.0},
         "leader_only": {"tasks": 2000, "rounds": 4},
         "leader_queue": {"samples": 100, "handovers": 5},
+        "metrics": {"window": 60.0, "burst": 500},
     },
     "quick": {
         "handover": {"backends": ["redis", "memory"], "trials": 5},
@@ -53,6 +54,7 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
         "cost": {"sizes": {"redis": [3, 50]}, "window": 4.0, "settle": 1.0},
         "leader_only": {"tasks": 200, "rounds": 2},
         "leader_queue": {"samples": 30, "handovers": 2},
+        "metrics": {"window": 15.0, "burst": 100},
     },
 }
 RUNS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -62,9 +64,10 @@ RUNS: dict[str, Callable[..., dict[str, Any]]] = {
     "cost": cost.run,
     "leader_only": leader_only.run,
     "leader_queue": leader_queue.run,
+    "metrics": metrics.run,
 }
 #: The parts that run against the bench's one Redis (broker, and store of the periodic part).
-ON_REDIS = ("periodic", "leader_only", "leader_queue")
+ON_REDIS = ("periodic", "leader_only", "leader_queue", "metrics")
 
 
 def _measure(name: str, arguments: dict[str, Any], workdir: Path) -> dict[str, Any]:

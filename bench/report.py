@@ -487,6 +487,27 @@ def _leader_queue(part: dict[str, Any], page: Path, image: Path) -> list[str]:
     ]
 
 
+def _metrics(part: dict[str, Any], page: Path, image: Path) -> list[str]:
+    st = part["settings"]
+    rows = [
+        ["Added to an idle worker at this scrape interval", f"{part['added_cpu_pct']:.4f} %"],
+        ["The endpoint's thread, nobody scraping", f"{part['endpoint_idle_cpu_pct']:.4f} %"],
+        ["One scrape of the worker: CPU", f"{part['per_scrape_cpu_s'] * 1000:.3f} ms"],
+        ["One scrape of the worker: wall time", f"{part['scrape_wall_s'] * 1000:.3f} ms"],
+        ["The worker's main process, idle, scraped", f"{part['worker_cpu_pct_scraped']:.3f} %"],
+    ]
+    settings = (
+        f"one idle leading worker ({st['pool']}), Redis broker and store on loopback, "
+        f"leaderfeed defaults; scraped every {st['scrape_interval_s']:g} s over "
+        f"{st['window_s']:g} s; {st['burst']} scrapes back to back; {st['samples_per_scrape']} "
+        f"samples, {st['bytes_per_scrape']} bytes per scrape"
+    )
+    return [
+        table("Metrics endpoint | CPU (% of one core, or per scrape)", rows),
+        stamp(part, settings),
+    ]
+
+
 Section = Callable[[dict[str, Any], Path, Path], list[str]]
 #: Part -> (heading, anchor of its method in bench/README.md, renderer).
 SECTIONS: dict[str, tuple[str, str, Section]] = {
@@ -496,4 +517,5 @@ SECTIONS: dict[str, tuple[str, str, Section]] = {
     "cost": ("## 4. Cost", "cost", _cost),
     "leader_only": ("## 5. `@leader_only` overhead", "leader_only-overhead", _leader_only),
     "leader_queue": ("## 6. Leader queue", "leader-queue", _leader_queue),
+    "metrics": ("## 7. Metrics endpoint", "metrics-endpoint", _metrics),
 }

@@ -24,6 +24,8 @@ CONVERGE_MEMBERS = "200"
 LEADER_QUEUE_EXTRA = 0.002
 #: A handover (elect, SIGTERM) moves consumption of the leader queue within this many heartbeats.
 LEADER_QUEUE_MOVE_HEARTBEATS = 1
+#: The metrics endpoint, scraped every 15 s, adds at most this to an idle worker (% of a core).
+METRICS_CPU_PCT = 0.1
 
 Row = list[str]
 
@@ -157,6 +159,23 @@ def _leader_queue(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _metrics(results: dict[str, Any]) -> list[Row]:
+    part = _get(results, "metrics") or {}
+    interval = _get(part, "settings", "scrape_interval_s") or 15.0
+    label = (
+        f"The metrics endpoint adds <= {METRICS_CPU_PCT:g} % of a core to an idle worker at a "
+        f"{interval:g} s scrape interval (Redis)"
+    )
+    added = part.get("added_cpu_pct")
+    if added is None:
+        return [_row(label, None, None)]
+    measured = (
+        f"{added:.4f} % ({part['endpoint_idle_cpu_pct']:.4f} % idle endpoint + "
+        f"{part['per_scrape_cpu_s'] * 1000:.2f} ms per scrape / {interval:g} s)"
+    )
+    return [_row(label, measured, added <= METRICS_CPU_PCT)]
+
+
 #: The targets, in the order the page lists them.
 TARGETS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
     _handover,
@@ -165,6 +184,7 @@ TARGETS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
     _idle,
     _converge,
     _leader_queue,
+    _metrics,
 )
 
 

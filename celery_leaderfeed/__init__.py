@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .celery.bootstep import LeaderFeedStep
     from .celery.decorators import current_term, leader_only
     from .celery.install import install
+    from .celery.leader_gated import leader_gated
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,7 @@ __all__ = [
     "backend_from_url",
     "current_term",
     "install",
+    "leader_gated",
     "leader_only",
     "register_backend",
 ]
@@ -74,6 +76,7 @@ _LAZY = {
     "leader_only": "celery_leaderfeed.celery.decorators",
     "current_term": "celery_leaderfeed.celery.decorators",
     "install": "celery_leaderfeed.celery.install",
+    "leader_gated": "celery_leaderfeed.celery.leader_gated",
 }
 
 

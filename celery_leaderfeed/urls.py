@@ -28,8 +28,11 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit
 from .errors import ConfigurationError
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "MASK",
     "MISREAD_USERINFO",
+    "REDIS_SCHEMES",
+    "SENTINEL_SCHEMES",
     "misread_userinfo",
     "redact",
     "redact_options",
@@ -54,6 +57,14 @@ _SECRET_OPTION = re.compile(r"(?i)pass|pwd|secret|token|credential|signature")
 _SEPARATORS = re.compile(r"(?:%[0-9A-Fa-f]{2}|[\s@:/#?%&=+;,\"'\\()\[\]<>])+")
 _MIN_FRAGMENT = 4
 _RESERVED_IN_USERINFO = "/?#"
+_LIST_ITEM = re.compile(r"\s*[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+#: Redis URL schemes, by topology (here, not in the backend, so that code without the Redis
+#: driver can tell them apart).
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: kombu's and Celery's spellings of Redis behind Sentinel: a ';'-separated list of sentinels.
+SENTINEL_SCHEMES = ("sentinel", "redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 #: What to tell a user whose password :func:`misread_userinfo` would cut short.
 MISREAD_USERINFO = (
@@ -112,7 +123,11 @@ def redact(text: str, url: str) -> str:
 def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` with the value of every key that names a secret (``password``...) hidden."""
     return {
-        key: MASK if isinstance(key, str) and _SECRET_OPTION.search(key) else value
+        key: MASK
+        if isinstance(key, str) and _SECRET_OPTION.search(key)
+        else redact_options(value)
+        if isinstance(value, Mapping)  # sentinel_kwargs={"password": ...}, ssl={...}
+        else value
         for key, value in options.items()
     }
 
@@ -164,10 +179,33 @@ def without_userinfo(url: str) -> str:
 # -- where the secrets are -------------------------------------------------------------------
 
 
+def _chunks(url: str) -> list[tuple[int, str]]:
+    """The URLs of a ``;``-separated list (kombu's sentinels, failover brokers) with their
+    offsets - when every piece starts with a scheme; else ``url`` whole (a ';' in a password)."""
+    if ";" not in url:
+        return [(0, url)]
+    pieces, offset = [], 0
+    for piece in url.split(";"):
+        pieces.append((offset, piece))
+        offset += len(piece) + 1
+    if all(_LIST_ITEM.match(piece) for _, piece in pieces if piece.strip()):
+        return pieces
+    return [(0, url)]
+
+
 def _secret_spans(url: str) -> list[tuple[int, int]]:
-    """(start, end) of each secret part of one URL, merged; see the module docstring."""
-    userinfo = _userinfo_span(url)
-    return _merged([*_param_spans(url), *([userinfo] if userinfo else [])])
+    """(start, end) of each secret part of one URL (or list of URLs), merged; see the module
+    docstring."""
+    return _merged(_spans(url))
+
+
+def _spans(url: str) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    for offset, chunk in _chunks(url):
+        userinfo = _userinfo_span(chunk)
+        found = [*_param_spans(chunk), *([userinfo] if userinfo else [])]
+        spans.extend((offset + start, offset + end) for start, end in found)
+    return spans
 
 
 def _userinfo_span(url: str) -> tuple[int, int] | None:
@@ -186,8 +224,7 @@ def _candidates(url: str) -> set[str]:
     ':' in it (``user:password``, ``AWS_SESSION_TOKEN:...``), up to its end or to any '&',
     '#' or ';' that may end it."""
     found: set[str] = set()
-    userinfo = _userinfo_span(url)
-    for start, end in [*_param_spans(url), *([userinfo] if userinfo else [])]:
+    for start, end in _spans(url):
         text = url[start:end]
         starts = [0, *(i + 1 for i, char in enumerate(text) if char == ":")]
         ends = [len(text), *(i for i, char in enumerate(text) if char in "&#;")]

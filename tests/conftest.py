@@ -19,6 +19,8 @@ pytest_plugins = (
     "tests.fixtures.rabbitmq_server",
     "tests.fixtures.mongodb_server",
     "tests.fixtures.rethinkdb_server",
+    "tests.fixtures.postgres_server",
+    "tests.fixtures.postgresql_kit",
 )
 
 

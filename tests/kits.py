@@ -16,9 +16,26 @@ from celery_leaderfeed.backends import backend_from_url
 from celery_leaderfeed.backends.base import Backend
 
 #: Every backend the contract and fault suites run against. None may be skipped.
-BACKEND_IDS = ("memory", "redis", "mongodb-changestream", "mongodb-capped", "rethinkdb")
+BACKEND_IDS = (
+    "memory",
+    "redis",
+    "redis-sentinel",
+    "redis-sentinel-wait",
+    "redis-cluster",
+    "mongodb-changestream",
+    "mongodb-capped",
+    "rethinkdb",
+    "postgresql",
+)
 #: Backends with a real server process that the fault tests can restart.
-SERVER_BACKEND_IDS = ("redis", "mongodb-changestream", "mongodb-capped", "rethinkdb")
+SERVER_BACKEND_IDS = (
+    "redis",
+    "redis-sentinel",
+    "mongodb-changestream",
+    "mongodb-capped",
+    "rethinkdb",
+    "postgresql",
+)
 
 
 def fixture_name(backend_id: str, suffix: str) -> str:
@@ -64,7 +81,9 @@ class FaultServer(Protocol):
     options: Mapping[str, Any]
 
     def restart(self) -> None:
-        """Kill the server (-9) and start it again on the same port, empty."""
+        """Kill the server (-9) and start it again on the same port, empty - or, for
+        PostgreSQL, crashed (``pg_ctl -m immediate``) and recovered: what survived comes back
+        stamped with the old history, so the record is suspect (or lost, as with the others)."""
 
     def drop_connections(self) -> None:
         """Close every client connection; return once they are closed."""

@@ -264,7 +264,7 @@ def test_a_worker_with_embedded_beat_refuses_an_in_process_store(runs: Runs) -> 
     expected = (
         f"Error: leaderfeed: leaderfeed_backend memory://{runs.name} keeps the election inside "
         "this worker process, and -B runs beat in another process that cannot see it: use a "
-        "store that processes share (redis://, mongodb://, rethinkdb://)"
+        "store that processes share (redis://, postgresql://, mongodb://, rethinkdb://)"
     )
     assert [line for line in output.splitlines() if "leaderfeed" in line] == [expected]
 

@@ -382,10 +382,10 @@ def test_an_orphaned_embedded_beat_stops_and_exits(
     leadership.take()
     scheduler = scheduler_for(app, leadership, clocks, schedulers)
     scheduler._parent_pid = 4242  # as if forked by ``celery worker -B`` from PID 4242
-    monkeypatch.setattr("celery_leaderfeed.celery.scheduler.os.getppid", lambda: 4242)
+    monkeypatch.setattr("celery_leaderfeed.celery.leader_gated.os.getppid", lambda: 4242)
     scheduler.tick()
     monkeypatch.setattr(
-        "celery_leaderfeed.celery.scheduler.os.getppid", lambda: 1
+        "celery_leaderfeed.celery.leader_gated.os.getppid", lambda: 1
     )  # the worker died
     clocks.advance(1.0)
     with pytest.raises(SystemExit):

@@ -20,6 +20,7 @@ from celery.result import AsyncResult
 from celery.signals import task_retry
 
 from celery_leaderfeed import LeaderFeed, leader_only
+from celery_leaderfeed.celery import decorators
 from celery_leaderfeed.celery.decorators import SKIPPED, current_term
 from celery_leaderfeed.celery.worker_lease import worker_feed
 from celery_leaderfeed.errors import ConfigurationError, NotLeaderError
@@ -184,18 +185,25 @@ def test_leadership_is_checked_when_the_body_runs_not_when_received(app: Celery)
     assert ran == []
 
 
-def test_a_direct_call_without_a_worker_is_a_skip(
-    app: Celery, caplog: pytest.LogCaptureFixture
+def test_a_direct_call_without_a_worker_is_an_error_unless_told_otherwise(
+    app: Celery, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(decorators, "_warned_pid", None)  # warned once per process: again
+
     @app.task(shared=False)
     @leader_only
     def direct() -> str:
         return "ran"
 
+    with pytest.raises(NotLeaderError, match="leaderfeed_eager_policy"):
+        direct()  # never a silent None (leaderfeed_eager_policy: "error" by default)
+    app.conf.leaderfeed_eager_policy = "follower"
     caplog.set_level(logging.INFO, logger="celery_leaderfeed")
     assert direct() is None
     assert "no worker lease is visible" in caplog.text
     assert "skipped" in caplog.text
+    app.conf.leaderfeed_eager_policy = "run"
+    assert direct() == "ran"
 
 
 def test_the_decorator_keeps_the_signature_and_refuses_misuse(app: Celery) -> None:

@@ -34,7 +34,7 @@ from harness.helpers import wait_until
 from harness.leader_queue_checker import Report, check, runs_from
 from harness.occurrence_checker import Send
 from harness.occurrence_checker import check as check_occurrences
-from tests.test_beat_workers import PERIOD, BeatCluster
+from tests.beat_cluster import PERIOD, BeatCluster
 from tests.workers import CeleryProcess
 
 pytestmark = pytest.mark.celery_workers

@@ -95,6 +95,7 @@ BAD = [
     ({"leaderfeed_backend": 42}, "URL"),
     ({"leaderfeed_backend_options": ["not", "a", "mapping"]}, "leaderfeed_backend_options"),
     ({"leaderfeed_catch_up_limit": 0}, "leaderfeed_catch_up_limit"),
+    ({"leaderfeed_metrics_port": 70000}, "leaderfeed_metrics_port"),
 ]
 
 
@@ -126,6 +127,7 @@ def test_install_is_idempotent_and_adds_everything() -> None:
         "leaderfeed_follower_policy",
         "leaderfeed_retry_delay",
         "leaderfeed_queue",
+        "leaderfeed_metrics_port",
     }
     assert LeaderFeedStep in app.steps["worker"]
     assert getattr(app.amqp, "routes_leader_only", False)  # leader-only tasks: leader queue
@@ -136,7 +138,7 @@ def test_install_is_idempotent_and_adds_everything() -> None:
         "leaderfeed_retry_delay",
         "leaderfeed_queue",
     }
-    assert len(app.user_options["beat"]) == 6
+    assert len(app.user_options["beat"]) == 7
 
 
 def test_a_plain_app_is_left_alone_until_installed() -> None:

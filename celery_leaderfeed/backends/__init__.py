@@ -6,10 +6,16 @@ scheme              backend                           install
 ``memory://``       :class:`.memory.MemoryBackend`    (built in; one process only)
 ``redis://``,       :class:`.redis.RedisBackend`      ``pip install celery-leaderfeed[redis]``
 ``rediss://``,
-``unix://``
+``unix://``,
+``sentinel://``,
+``redis+sentinel://``,
+``redis+cluster://``
 ``mongodb://``,     :class:`.mongodb.MongoBackend`    ``pip install celery-leaderfeed[mongodb]``
 ``mongodb+srv://``
 ``rethinkdb://``    :class:`.rethinkdb.RethinkBackend` ``pip install celery-leaderfeed[rethinkdb]``
+``postgresql://``,  :class:`.postgresql.PostgresBackend` ``pip install celery-leaderfeed[postgres]``
+``postgres://``,
+``db+postgresql://``
 ==================  ================================  =====================================
 
 Third-party backends register under the ``celery_leaderfeed.backends`` entry-point group
@@ -48,6 +54,7 @@ class _Entry:
 
 _REDIS = _Entry("celery_leaderfeed.backends.redis:RedisBackend", "redis", "redis")
 _MONGO = _Entry("celery_leaderfeed.backends.mongodb:MongoBackend", "pymongo", "mongodb")
+_POSTGRES = _Entry("celery_leaderfeed.backends.postgresql:PostgresBackend", "psycopg", "postgres")
 _RETHINK = _Entry("celery_leaderfeed.backends.rethinkdb:RethinkBackend", "rethinkdb", "rethinkdb")
 
 _REGISTRY: dict[str, _Entry] = {
@@ -55,9 +62,21 @@ _REGISTRY: dict[str, _Entry] = {
     "redis": _REDIS,
     "rediss": _REDIS,
     "unix": _REDIS,
+    "sentinel": _REDIS,
+    "redis+sentinel": _REDIS,
+    "rediss+sentinel": _REDIS,
+    "redis+cluster": _REDIS,
+    "rediss+cluster": _REDIS,
     "mongodb": _MONGO,
     "mongodb+srv": _MONGO,
     "rethinkdb": _RETHINK,
+    "postgresql": _POSTGRES,
+    "postgres": _POSTGRES,
+    # Celery's result-backend spellings (SQLAlchemy URLs) of the same store.
+    "db+postgresql": _POSTGRES,
+    "db+postgres": _POSTGRES,
+    "db+postgresql+psycopg": _POSTGRES,
+    "db+postgresql+psycopg2": _POSTGRES,
 }
 
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-__all__ = ["CELERY_EXTRA", "celery_extra"]
+__all__ = ["CELERY_EXTRA", "celery_extra", "needs_extra"]
 
 #: The packages ``pip install 'celery-leaderfeed[celery]'`` brings (Celery pulls in billiard).
 CELERY_EXTRA = frozenset({"celery", "kombu", "click", "billiard"})
 
 
 @contextlib.contextmanager
-def celery_extra() -> Iterator[None]:
-    """Turn a failed import of a package of the extra into an error naming the extra.
+def needs_extra(extra: str, packages: frozenset[str], what: str) -> Iterator[None]:
+    """Turn a failed import of one of ``packages`` into an error naming the pip ``extra``.
 
     Any other import error (a broken install, a bug) passes through unchanged.
     """
@@ -27,10 +27,15 @@ def celery_extra() -> Iterator[None]:
         yield
     except ImportError as exc:
         missing = (exc.name or "").partition(".")[0]
-        if missing not in CELERY_EXTRA:
+        if missing not in packages:
             raise
         raise ImportError(
-            f"celery-leaderfeed's Celery integration needs {missing!r}, which cannot be "
-            f"imported ({exc}): pip install 'celery-leaderfeed[celery]'",
+            f"{what} needs {missing!r}, which cannot be imported ({exc}): "
+            f"pip install 'celery-leaderfeed[{extra}]'",
             name=exc.name,
         ) from exc
+
+
+def celery_extra() -> contextlib.AbstractContextManager[None]:
+    """:func:`needs_extra` for the Celery integration."""
+    return needs_extra("celery", CELERY_EXTRA, "celery-leaderfeed's Celery integration")

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from ..engine.election import Lease, Role
 from ..engine.feed import LeaderFeed
 from ..urls import redact_url
+from .metrics import BeatMetrics
 from .settings import LeaderfeedSettings, unknown_settings
 from .worker_lease import current_lease
 
@@ -59,13 +60,17 @@ def fence(lease: Lease) -> tuple[int, str]:
 
 
 class OwnElection:
-    """Standalone beat: its own LeaderFeed (resigns on close so another beat takes over)."""
+    """Standalone beat: its own LeaderFeed (resigns on close so another beat takes over), and
+    its metrics endpoint if ``metrics_port`` is set."""
 
-    def __init__(self, feed: LeaderFeed) -> None:
+    def __init__(self, feed: LeaderFeed, metrics_port: int | None = None) -> None:
         self.feed = feed
         self.election = feed.name
+        self.metrics = None if metrics_port is None else BeatMetrics(feed, metrics_port)
 
     def start(self) -> None:
+        if self.metrics is not None:
+            self.metrics.start()
         self.feed.start(retry=True)
 
     def lease(self) -> Lease | None:
@@ -73,7 +78,11 @@ class OwnElection:
         return None if lease is None else dataclasses.replace(lease, member_id=self.feed.id)
 
     def close(self) -> None:
-        self.feed.stop()
+        try:
+            self.feed.stop()
+        finally:
+            if self.metrics is not None:
+                self.metrics.stop()
 
 
 class WorkerElection:
@@ -102,7 +111,7 @@ def choose_leadership(app: Any, settings: LeaderfeedSettings) -> Leadership:
     _warn_about_settings(app, settings)
     member = f"beat@{socket.gethostname()}:{os.getpid()}"
     feed = settings.feed(member, election=settings.beat_name)
-    return OwnElection(feed)
+    return OwnElection(feed, settings.metrics_port)
 
 
 def _warn_about_settings(app: Any, settings: LeaderfeedSettings) -> None:

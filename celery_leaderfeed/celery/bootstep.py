@@ -71,10 +71,12 @@ with celery_extra():
     from celery.signals import worker_shutting_down
 
 from ..engine.election import Resignation
-from ..engine.feed import LeaderFeed
-from ..errors import ConfigurationError
+from ..engine.feed import LeaderFeed, Status
+from ..errors import ConfigurationError, LeaderfeedError
 from ..urls import redact_url
+from .body_counts import BodyCounts
 from .leader_queue import LeaderQueueConsumer, check_broker_cancels, misrouted_leader_tasks
+from .metrics import WorkerMetrics
 from .settings import (
     DEFAULTS,
     LeaderfeedSettings,
@@ -94,6 +96,9 @@ logger = logging.getLogger("celery_leaderfeed")
 _HAND_OVER_JOIN_SECONDS = 10.0
 #: How often the resign hook looks whether the running leader-only bodies ended.
 _RESIGN_POLL_SECONDS = 0.002
+#: How often the standing-down mailbox looks whether to stop, and how long closing it waits.
+_MAILBOX_POLL_SECONDS = 0.1
+_MAILBOX_CLOSE_SECONDS = 1.0
 
 
 def _resolve_for_worker(app: Any, options: Mapping[str, Any]) -> LeaderfeedSettings:
@@ -116,7 +121,7 @@ def _check_store_reach(settings: LeaderfeedSettings, *, embedded_beat: bool) -> 
         raise StartupConfigurationError(
             f"leaderfeed_backend {url} keeps the election inside this worker process, and -B "
             "runs beat in another process that cannot see it: use a store that processes "
-            "share (redis://, mongodb://, rethinkdb://)"
+            "share (redis://, postgresql://, mongodb://, rethinkdb://)"
         )
     logger.warning(
         "leaderfeed: leaderfeed_backend %s keeps the election inside each worker process, so "
@@ -131,14 +136,14 @@ def _embeds_leader_beat(worker: Any, options: Mapping[str, Any]) -> bool:
         return False
     from celery.utils.imports import load_extension_class_names, symbol_by_name  # noqa: PLC0415
 
-    from .scheduler import LeaderScheduler  # noqa: PLC0415 - beat's side; needed only with -B
+    from .leader_gated import LeaderGatedMixin  # noqa: PLC0415 - beat's side; only with -B
 
     aliases = dict(load_extension_class_names("celery.beat_schedulers"))
     try:
         scheduler = symbol_by_name(worker.scheduler, aliases=aliases)
     except (ImportError, AttributeError, ValueError):
         return False  # a bad scheduler name: Celery's beat reports it in its own words
-    return isinstance(scheduler, type) and issubclass(scheduler, LeaderScheduler)
+    return isinstance(scheduler, type) and issubclass(scheduler, LeaderGatedMixin)
 
 
 class WorkerLeadership:
@@ -150,10 +155,12 @@ class WorkerLeadership:
         self.settings = settings
         try:
             self.feed = settings.feed(hostname)
+            self.metrics = WorkerMetrics(self, settings.name, settings.metrics_port)
         except ConfigurationError as exc:
             raise StartupConfigurationError(str(exc)) from exc
         self.owner_pid = os.getpid()
         self.shared = SharedLease.create(settings.name, hostname)
+        self.body_counts = BodyCounts.create(settings.name)  # @leader_only bodies, all processes
         # Children find the segment by parent PID and election name. They inherit the name
         # here even when their app object is not this one (a task module's own app under
         # spawn), so they attach to this worker's segment whatever their configuration says.
@@ -163,6 +170,8 @@ class WorkerLeadership:
         self._stopped = False
         #: Set by hand_over: the lease is no longer shown to anyone, though the feed renews it.
         self._standing_down = False
+        #: Set while handing over to the worker named (``hand_over_to``), the same way.
+        self._draining_for: str | None = None
         self._publishing = threading.Lock()
         self._hand_over_lock = threading.Lock()
         self._handed_over = False
@@ -182,6 +191,7 @@ class WorkerLeadership:
 
     def start(self) -> None:
         register(self)
+        self.metrics.start()
         self.feed.start(retry=True)
 
     def sync_consumer(self) -> None:
@@ -195,6 +205,7 @@ class WorkerLeadership:
             lease = self.feed.lease
             leading = (
                 not self._standing_down
+                and self._draining_for is None
                 and not self._stopped
                 and lease.valid()
                 and lease.term != self._resigning_term
@@ -233,7 +244,11 @@ class WorkerLeadership:
             # the body-time check (the lease above says follower now).
             if self.queue_consumer is not None:
                 self.queue_consumer.stop_consuming(wait=True)
-            self.shared.wait_admitted(on_wait=self._log_waiting)
+            mailbox = StandingDownMailbox(self)
+            try:
+                self.shared.wait_admitted(on_wait=lambda: self._log_waiting(mailbox))
+            finally:
+                mailbox.close()
             self.feed.stop()
             self._handed_over = True
 
@@ -251,18 +266,129 @@ class WorkerLeadership:
         )
         self._hand_over_thread.start()
 
-    def _log_waiting(self) -> None:
+    def _log_waiting(self, mailbox: StandingDownMailbox) -> None:
         logger.info(
             "leaderfeed %r: shutting down; resigning once the running leader-only tasks end",
             self.settings.name,
         )
+        mailbox.open()  # Celery's remote control stops with the consumer, before this wait
+
+    @property
+    def standing_down(self) -> bool:
+        """True while this worker holds a valid lease but admits no leader-only work: a warm
+        shutdown or an ``elect`` of another worker, until it resigns."""
+        lease = self.feed.lease
+        return lease.valid() and (
+            self._standing_down
+            or self._draining_for is not None
+            or lease.term == self._resigning_term
+        )
+
+    def request_leadership(
+        self, election: str | None = None, *, nominate: bool = True
+    ) -> dict[str, Any]:
+        """Whether this worker can lead, and (``nominate``) ask the engine to make it the leader
+        (the ``leaderfeed_elect`` command).
+
+        Returns at once: ``{"ok": ..., "leader": ..., "term": ...}``, or ``{"error": ...}`` when
+        this worker cannot lead. With ``nominate`` the engine nominates this member in the
+        record; the leader stops its leader-only work, resigns naming it, and this member claims
+        at once. The caller watches the store for the outcome.
+        """
+        feed = self.feed
+        if election is not None and election != self.settings.name:
+            return {
+                "error": f"{self.hostname} is a member of election {self.settings.name!r}, "
+                f"not {election!r}"
+            }
+        if self._standing_down or self._stopped:
+            return {"error": f"{self.hostname} is shutting down"}
+        if feed.status is not Status.STARTED:
+            fault = f" ({feed.fault})" if feed.fault else ""
+            return {
+                "error": f"{self.hostname} has not joined the election: it is "
+                f"{feed.status.value}{fault}"
+            }
+        leader, term = feed.leader_id, feed.term
+        if feed.is_leader:
+            return {"ok": f"{self.hostname} leads already", "leader": leader, "term": term}
+        if not nominate:
+            return {"ok": f"{self.hostname} can lead", "leader": leader, "term": term}
+        thread = threading.Thread(target=self._elect_self, name="leaderfeed-elect", daemon=True)
+        thread.start()
+        logger.info("leaderfeed %r: asked to lead (leader: %s)", self.settings.name, leader)
+        return {"ok": f"{self.hostname} asks to lead", "leader": leader, "term": term}
+
+    def hand_over_to(
+        self, node: str, election: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Hand leadership to ``node`` (the ``leaderfeed_hand_over`` command): as at a warm
+        shutdown, admit no new leader-only work and stop consuming the leader queue while the
+        feed keeps renewing, wait for the running leader-only bodies (up to ``timeout``), then
+        the engine's transfer (``feed.elect(node)``) resigns naming ``node``, who claims at once.
+
+        Returns at once (the work runs on a thread): ``{"ok": ...}`` or ``{"error": ...}``. If
+        the bodies outlast ``timeout``, nothing is written and this worker leads on; if ``node``
+        dies before it claims, the others claim the vacancy after ``election_timeout_min``.
+        """
+        if election is not None and election != self.settings.name:
+            return {
+                "error": f"{self.hostname} is a member of election {self.settings.name!r}, "
+                f"not {election!r}"
+            }
+        if not self.feed.is_leader or self._standing_down or self._stopped:
+            return {"error": f"{self.hostname} does not lead"}
+        if node == self.hostname:
+            return {"ok": f"{self.hostname} leads already", "leader": self.hostname}
+        with self._publishing:
+            if self._draining_for is not None:
+                return {"error": f"{self.hostname} is handing over to {self._draining_for}"}
+            self._draining_for = node
+            self.shared.revoke(self.hostname)
+        wait = timeout if timeout is not None else 2 * self.settings.timing.election_timeout_max
+        threading.Thread(
+            target=self._drain_and_elect,
+            args=(node, wait),
+            name="leaderfeed-hand-over",
+            daemon=True,
+        ).start()
+        logger.info("leaderfeed %r: handing over to %s", self.settings.name, node)
+        return {"ok": f"{self.hostname} hands over to {node}", "leader": self.hostname}
+
+    def _drain_and_elect(self, node: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            if self.queue_consumer is not None:
+                self.queue_consumer.stop_consuming(wait=True, timeout=timeout)
+            if not self.shared.wait_admitted(timeout=max(0.0, deadline - time.monotonic())):
+                logger.warning(
+                    "leaderfeed %r: not handing over to %s: leader-only tasks still ran after "
+                    "%g s; leading on",
+                    self.settings.name,
+                    node,
+                    timeout,
+                )
+                return
+            self.feed.elect(node, timeout=max(0.0, deadline - time.monotonic()))
+        except LeaderfeedError as exc:
+            logger.warning("leaderfeed %r: handing over to %s: %s", self.settings.name, node, exc)
+        finally:
+            with self._publishing:
+                self._draining_for = None
+            self._publish(self.feed)  # the lease as it is now: a follower, or leading on
+
+    def _elect_self(self) -> None:
+        try:
+            self.feed.elect()
+        except LeaderfeedError as exc:
+            logger.warning("leaderfeed %r: elect %s: %s", self.settings.name, self.hostname, exc)
 
     def _publish(self, feed: LeaderFeed) -> None:
         """Copy the feed's lease into the segment, where every process of this worker reads it
         (this one included), unless it is standing down."""
         lease = dataclasses.replace(feed.lease, leader_id=feed.leader_id, member_id=self.hostname)
         with self._publishing:
-            if not self._standing_down:
+            if not self._standing_down and self._draining_for is None:
                 self.shared.write(lease)
         self.sync_consumer()
 
@@ -279,11 +405,13 @@ class WorkerLeadership:
         try:
             self.feed.stop()
         finally:
+            self.metrics.stop()  # before what it reads goes away
             unregister(self)
             if os.environ.get(ELECTION_ENV) == self.settings.name:
                 del os.environ[ELECTION_ENV]
             self.shared.revoke(self.hostname)
             self.shared.close()
+            self.body_counts.close()
 
     def summary(self) -> dict[str, Any]:
         """Role, leader and term (``celery inspect stats``)."""
@@ -318,8 +446,13 @@ class WorkerLeadership:
         lease = self.feed.lease
         leading = lease.valid(now)
         version, seen_at = self._record_seen
+        standing_down = self.standing_down
+        summary = self.summary()
+        if standing_down:
+            summary["role"] = "standing down"
         return {
-            **self.summary(),
+            **summary,
+            "standing_down": standing_down,
             "backend": self.feed.backend.display_url,
             "lease_age": None if version is None else round(now - seen_at, 3),
             "lease_remaining": round(lease.deadline - now, 3) if leading else None,
@@ -330,6 +463,7 @@ class WorkerLeadership:
             ),
             "store_error": self.feed.fault,
             **self.queue_report(),
+            "metrics": self.metrics.figures(),
         }
 
     def _note_record(self, feed: LeaderFeed) -> None:
@@ -338,6 +472,51 @@ class WorkerLeadership:
         version = record.version if record is not None and not record.vacant else None
         if version != self._record_seen[0]:
             self._record_seen = (version, time.monotonic())
+
+
+class StandingDownMailbox:
+    """Answers ``celery inspect leaderfeed`` (and ``ping``) while a warm shutdown waits for the
+    running leader-only bodies: Celery's own remote control has stopped with the consumer by
+    then. A node of the app's mailbox on a broker connection of its own, served by one thread
+    until :meth:`close`; any broker error just ends it (it is a courtesy, not a duty)."""
+
+    def __init__(self, leadership: WorkerLeadership) -> None:
+        self._leadership = leadership
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        self._thread = threading.Thread(
+            target=self._serve, name="leaderfeed-standing-down-mailbox", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(_MAILBOX_CLOSE_SECONDS)
+
+    def _serve(self) -> None:
+        leadership = self._leadership
+        app = leadership.app
+        handlers = {
+            "leaderfeed": lambda state, **kwargs: leadership.report(),
+            "ping": lambda state, **kwargs: {"ok": "pong"},
+        }
+        try:
+            with app.connection_for_write() as connection:
+                channel = connection.default_channel
+                node = app.control.mailbox.Node(
+                    leadership.hostname, state=None, channel=channel, handlers=handlers
+                )
+                with node.listen(channel=channel):
+                    while not self._stop.is_set():
+                        try:
+                            connection.drain_events(timeout=_MAILBOX_POLL_SECONDS)
+                        except TimeoutError:
+                            continue
+        except Exception as exc:  # noqa: BLE001 - a broker problem here only costs the answers
+            logger.debug("leaderfeed: standing-down mailbox ended: %r", exc)
 
 
 class LeaderFeedStep(bootsteps.StartStopStep):  # type: ignore[misc]

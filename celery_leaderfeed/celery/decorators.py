@@ -57,8 +57,17 @@ policy      what happens, and what the result backend shows
 
 A body that runs reads the term it was admitted under with :func:`current_term` - pass it as a
 fencing token to whatever it writes, so the receiver can refuse writes from an older term.
-Where no leaderfeed step runs (``install(app)`` not called, or outside a worker) the task counts
-as running on a follower, and a warning says so once per process.
+Where no leaderfeed step runs (``install(app)`` not called, or outside a worker) a message a
+worker delivered counts as running on a follower, and a warning says so once per process.
+
+A body run *in the caller* - ``task_always_eager``, ``task.apply()``, or a direct call
+``task(...)`` - where no worker lease is visible follows ``leaderfeed_eager_policy``, never
+silently: ``error`` (the default) raises :class:`~celery_leaderfeed.errors.NotLeaderError`
+saying what to do; ``run`` runs the body with :func:`current_term` = :data:`EAGER_TERM`;
+``follower`` applies the follower policy (``requeue`` cannot requeue in the caller: it skips,
+and an eager result is ``IGNORED``). The pytest plugin (:mod:`celery_leaderfeed.testing`) makes
+the test's process leader or follower under a chosen term instead; its lease then decides, as a
+worker's would.
 """
 
 from __future__ import annotations
@@ -83,16 +92,20 @@ with celery_extra():
 
 from ..engine.election import Lease, Role
 from ..errors import ConfigurationError, NotLeaderError, UsageError
+from .body_counts import count_body
 from .leader_queue import LEADER_ONLY_MARK, leader_queue
-from .settings import FOLLOWER_POLICIES, FollowerPolicy, leader_queue_name
+from .settings import FOLLOWER_POLICIES, FollowerPolicy, eager_policy, leader_queue_name
 from .worker_lease import leader_admission, worker_settings
 
-__all__ = ["SKIPPED", "current_term", "leader_only"]
+__all__ = ["EAGER_TERM", "SKIPPED", "current_term", "leader_only"]
 
 logger = logging.getLogger("celery_leaderfeed")
 
 #: State stored for a leader-only task skipped on a follower (see the module docstring).
 SKIPPED = "SKIPPED"
+#: The term :func:`current_term` returns in a body run in the caller under the ``run`` eager
+#: policy.
+EAGER_TERM = 1
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -149,17 +162,47 @@ def _wrap(fn: F, policy: FollowerPolicy | None) -> F:
         # A leader's body runs under the admission lock, which a worker handing over waits for.
         with leader_admission(app) as lease:
             if lease is not None and lease.term is not None and lease.valid():
-                token = _term.set(lease.term)
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    _term.reset(token)
+                count_body(app, admitted=True)
+                return _run(fn, lease.term, args, kwargs)
+        if lease is not None:
+            count_body(app, admitted=False)  # a worker's follower: the metrics' "skipped"
+        if lease is None and _in_caller(task) and _eager(task, app, fn) == "run":
+            return _run(fn, EAGER_TERM, args, kwargs)
         return _on_follower(task, app, fn, policy, lease)
 
     # Celery checks call arguments against the signature it reads from the task function.
     leader_only_body.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
     setattr(leader_only_body, LEADER_ONLY_MARK, True)  # routed to the leader queue
     return leader_only_body  # type: ignore[return-value]
+
+
+def _run(fn: Callable[..., Any], term: int, args: Any, kwargs: Any) -> Any:
+    token = _term.set(term)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _term.reset(token)
+
+
+def _in_caller(task: Any) -> bool:
+    """True for a body run by its caller (eager, ``apply()``, a direct call), not a worker."""
+    request = task.request if task is not None else None
+    return request is None or bool(request.called_directly or request.is_eager)
+
+
+def _eager(task: Any, app: Any, fn: Callable[..., Any]) -> str:
+    """The eager policy of ``app`` (``run`` or ``follower``); raises for ``error``."""
+    chosen = eager_policy(app)
+    if chosen == "error":
+        name = task.name if task is not None else fn.__qualname__
+        raise NotLeaderError(
+            f"leader-only task {name} ran in the caller (task_always_eager, apply() or a "
+            "direct call) where no worker leads, so its body would not run: set "
+            "leaderfeed_eager_policy = 'run' to run it (current_term() is 1) or 'follower' "
+            "to treat the caller as a follower, or make the test's process leader or follower "
+            "with the celery_leaderfeed pytest fixtures (leaderfeed_leader, leaderfeed_follower)"
+        )
+    return chosen
 
 
 def _on_follower(

@@ -112,6 +112,11 @@ _SETTINGS_OPTIONS = [
         type=float,
     ),
     _spec("--leaderfeed-operation-timeout", "Bound on every store call (seconds).", type=float),
+    _spec(
+        "--leaderfeed-metrics-port",
+        "Serve Prometheus metrics on this port (needs the prometheus extra).",
+        type=int,
+    ),
 ]
 #: Options of ``@leader_only``, which runs in workers only.
 _WORKER_ONLY = [

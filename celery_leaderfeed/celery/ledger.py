@@ -85,14 +85,14 @@ class OccurrenceLedger:
         self._read_under = (term, token)
 
     def state(
-        self, name: str, schedule: Any, now: datetime, *, term: int
+        self, name: str, schedule: Any, now: datetime, *, term: int, anchor: datetime | None = None
     ) -> tuple[EntryState, bool]:
         """``name``'s state, and whether it was rebuilt and must be claimed before use: a
-        missing state is anchored at ``now``; a corrupt one, or one from the future, is
-        rebuilt from ``now`` (its counts kept) under ``term``."""
+        missing state is anchored at ``anchor`` (default ``now``); a corrupt one, or one from
+        the future, is rebuilt from ``now`` (its counts kept) under ``term``."""
         state = self._decode(name, self._states.get(name))
         if state is None:
-            return EntryState.anchored(now, term), True
+            return EntryState.anchored(now if anchor is None else anchor, term), True
         with self._unread_on_failure():
             if self._from_the_future(name, schedule, state, now):
                 return state.rebased(now, term), True

@@ -50,6 +50,7 @@ __all__ = [
     "Pending",
     "PlannedRun",
     "ScheduleError",
+    "ScheduleExhausted",
     "beyond_schedule",
     "format_due",
     "from_micros",
@@ -78,6 +79,10 @@ _STATE_FORMAT = 1
 class ScheduleError(LeaderfeedError, ValueError):
     """A schedule cannot name its next occurrence (e.g. an interval of zero), or a time or
     occurrence id given to this module is not one it can read."""
+
+
+class ScheduleExhausted(ScheduleError):
+    """A schedule names no slot after a given time: a one-time (clocked) schedule after its run."""
 
 
 class CorruptState(LeaderfeedError, ValueError):
@@ -150,9 +155,11 @@ def next_due(schedule: Any, after: datetime) -> datetime:
     if step is not None:
         return from_micros(to_micros(after) + step)
     remaining = _pinned(schedule, after).remaining_estimate(after)
+    if remaining is None:  # RedBeat's rrule with a count or an end: no slot left
+        raise ScheduleExhausted(f"schedule {schedule!r} names no slot after {format_due(after)}")
     due = from_micros(to_micros(after) + remaining // _MICROSECOND)
     if due <= after:
-        raise ScheduleError(f"schedule {schedule!r} names no slot after {format_due(after)}")
+        raise ScheduleExhausted(f"schedule {schedule!r} names no slot after {format_due(after)}")
     return due
 
 
@@ -210,7 +217,10 @@ def _pending_walked(schedule: Any, last_due: datetime, now: datetime, keep: int)
     while due <= now and count < SCAN_LIMIT:
         recent.append(due)
         count += 1
-        due = next_due(schedule, due)
+        try:
+            due = next_due(schedule, due)
+        except ScheduleExhausted:  # a one-time schedule: this was its only slot
+            break
     return Pending(first, tuple(recent), count)
 
 

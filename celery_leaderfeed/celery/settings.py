@@ -9,8 +9,8 @@ in any URL form (see :mod:`celery_leaderfeed.celery.control`); Celery masks the 
 ================================== ===================== =========================================
 setting                            default               meaning
 ================================== ===================== =========================================
-``leaderfeed_backend``             the broker URL if it  store holding the election (``redis://``,
-                                   is Redis              ``mongodb://``, ``rethinkdb://``, ...)
+``leaderfeed_backend``             see below             store holding the election (``redis://``,
+                                                         ``mongodb://``, ``postgresql://``, ...)
 ``leaderfeed_backend_options``     ``{}``                backend options (e.g. MongoDB collection)
 ``leaderfeed_name``                ``app.main``          election name: workers sharing it elect
                                    (or ``"celery"``)     one leader
@@ -31,7 +31,28 @@ setting                            default               meaning
 ``leaderfeed_beat_name``           ``<name>.beat``       election of standalone ``celery beat``
                                                          processes (an embedded beat follows
                                                          its worker's election)
+``leaderfeed_eager_policy``        ``"error"``           ``@leader_only`` run in the caller
+                                                         (``task_always_eager``, ``apply()``,
+                                                         a direct call) where no worker lease
+                                                         is visible: ``error`` (raise
+                                                         ``NotLeaderError`` saying what to do),
+                                                         ``run`` (the body runs, term 1) or
+                                                         ``follower`` (the follower policy)
+``leaderfeed_metrics_port``        ``None``              port of the Prometheus endpoint of a
+                                                         worker or standalone beat (needs the
+                                                         ``prometheus`` extra; see ``metrics``)
 ================================== ===================== =========================================
+
+``leaderfeed_backend``, when not set, is the first of: the broker URL if it is Redis (the first
+Redis URL of a failover list; a ``sentinel://`` broker's whole list of sentinels), then
+``result_backend`` if it names a store leaderfeed supports (``redis://``, ``sentinel://``,
+``mongodb://``, Celery's ``db+postgresql://``...; not ``rpc://``, ``django-db``, SQLite or
+MySQL). A Redis backend taken from the broker takes its TLS settings too (``broker_use_ssl``)
+and, behind Sentinel, ``master_name``, ``sentinel_kwargs`` and ``min_other_sentinels`` from
+``broker_transport_options``; one taken from ``result_backend`` takes ``redis_backend_use_ssl``
+and ``result_backend_transport_options``. ``leaderfeed_backend_options`` overrides them key by
+key. The worker logs once, at INFO, which URL it chose and why (password hidden);
+if neither fits, it stops with a ``ConfigurationError`` saying to set ``leaderfeed_backend``.
 
 Timings are checked together (:class:`~celery_leaderfeed.Timing`): the heartbeat interval and
 the operation timeout are at least 20 ms (a store round trip plus a Python thread's scheduling
@@ -45,6 +66,7 @@ beat log it once at start.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -54,7 +76,7 @@ from ..backends import Backend, backend_class, backend_from_url
 from ..engine.feed import LeaderFeed
 from ..errors import ConfigurationError
 from ..timing import Timing
-from ..urls import redact_options, redact_url, url_scheme
+from ..urls import REDIS_SCHEMES, SENTINEL_SCHEMES, redact_options, redact_url, url_scheme
 from ._extras import celery_extra
 
 with celery_extra():
@@ -62,10 +84,12 @@ with celery_extra():
 
 __all__ = [
     "DEFAULTS",
+    "EAGER_POLICIES",
     "FOLLOWER_POLICIES",
     "MISFIRE_POLICIES",
     "LeaderfeedSettings",
     "StartupConfigurationError",
+    "eager_policy",
     "election_name",
     "leader_queue_name",
     "resolve_settings",
@@ -73,10 +97,15 @@ __all__ = [
 ]
 
 FollowerPolicy = Literal["requeue", "skip", "retry", "raise"]
+EagerPolicy = Literal["error", "run", "follower"]
+EAGER_POLICIES: tuple[EagerPolicy, ...] = ("error", "run", "follower")
 MisfirePolicy = Literal["run_once", "skip", "catch_up"]
 FOLLOWER_POLICIES: tuple[FollowerPolicy, ...] = ("requeue", "skip", "retry", "raise")
 MISFIRE_POLICIES: tuple[MisfirePolicy, ...] = ("run_once", "skip", "catch_up")
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+logger = logging.getLogger("celery_leaderfeed")
+#: Default backend URLs already announced by this process (and the processes it forked).
+_announced: set[str] = set()
 
 #: Defaults, applied by :func:`resolve_settings` itself (not with ``app.add_defaults``, which
 #: would shadow values loaded by ``config_from_object``); backend and name derive from the app.
@@ -94,6 +123,8 @@ DEFAULTS: dict[str, Any] = {
     "leaderfeed_misfire_policy": "run_once",
     "leaderfeed_catch_up_limit": 10,
     "leaderfeed_beat_name": None,
+    "leaderfeed_eager_policy": "error",
+    "leaderfeed_metrics_port": None,
 }
 
 
@@ -124,6 +155,10 @@ class LeaderfeedSettings:
     beat_name: str = "celery.beat"
     #: Queue of the election's leader-only tasks (default ``<name>.leader``).
     queue: str = "celery.leader"
+    #: ``@leader_only`` run in the caller where no worker lease is visible (see the table).
+    eager_policy: EagerPolicy = "error"
+    #: TCP port of the Prometheus endpoint of a worker or standalone beat (None: none).
+    metrics_port: int | None = None
 
     def __repr__(self) -> str:
         # Not the generated one: the backend's URL and options may hold a password.
@@ -166,17 +201,80 @@ def _lookup(app: Any, overrides: Mapping[str, Any], key: str) -> Any:
     return DEFAULTS.get(key) if value is None else value
 
 
-def _default_backend(app: Any) -> str:
+def _default_backend(app: Any) -> tuple[str, dict[str, Any]]:
+    """The store to use when ``leaderfeed_backend`` is not set (see the module docstring), and
+    the backend options that come with it: a Sentinel's ``master_name``, ``sentinel_kwargs``
+    and ``min_other_sentinels`` from ``broker_transport_options`` (or
+    ``result_backend_transport_options``), TLS from ``broker_use_ssl`` (or
+    ``redis_backend_use_ssl``)."""
     broker = app.conf.get("broker_url")
     if isinstance(broker, str):
-        for candidate in broker.split(";"):  # kombu failover lists
-            url = candidate.strip()
-            if url and url_scheme(url) in _REDIS_SCHEMES:
-                return url
+        chunks = [chunk.strip() for chunk in broker.split(";") if chunk.strip()]
+        sentinels = [chunk for chunk in chunks if url_scheme(chunk) in SENTINEL_SCHEMES]
+        if sentinels:  # kombu's list of sentinels, not a failover list
+            url = ";".join(sentinels)
+            options = _store_options(app, url, "broker_transport_options", "broker_use_ssl")
+            return _announce(url, "the broker is Redis behind Sentinel", options), options
+        for url in chunks:  # kombu failover lists
+            if url_scheme(url) in REDIS_SCHEMES:
+                options = _store_options(app, url, "broker_transport_options", "broker_use_ssl")
+                return _announce(url, "the broker is Redis", options), options
+    result_backend = app.conf.get("result_backend")
+    if isinstance(result_backend, str) and _supported_store(result_backend):
+        options = _store_options(
+            app, result_backend, "result_backend_transport_options", "redis_backend_use_ssl"
+        )
+        why = "the broker is not Redis and result_backend names a store it supports"
+        return _announce(result_backend, why, options), options
     raise ConfigurationError(
-        "leaderfeed_backend is not set and the broker is not Redis: set leaderfeed_backend "
-        "to a redis://, mongodb:// or rethinkdb:// URL"
+        "leaderfeed_backend is not set, the broker is not Redis and result_backend names no "
+        "store leaderfeed supports: set leaderfeed_backend to a redis://, sentinel://, "
+        "mongodb://, postgresql:// or rethinkdb:// URL"
     )
+
+
+#: Transport options of kombu's and Celery's Sentinel support that the Redis backend reads.
+_SENTINEL_OPTIONS = ("master_name", "sentinel_kwargs", "min_other_sentinels")
+
+
+def _store_options(app: Any, url: str, transport_key: str, ssl_key: str) -> dict[str, Any]:
+    """The options a Redis backend taken from the broker (or result backend) inherits."""
+    if "://" not in url or url_scheme(url) not in (*REDIS_SCHEMES, *SENTINEL_SCHEMES):
+        return {}
+    options: dict[str, Any] = {}
+    if url_scheme(url) in SENTINEL_SCHEMES:
+        transport = app.conf.get(transport_key) or {}
+        if isinstance(transport, Mapping):
+            options.update({k: transport[k] for k in _SENTINEL_OPTIONS if k in transport})
+    use_ssl = app.conf.get(ssl_key)
+    if use_ssl and url_scheme(url) != "unix":
+        options["ssl"] = dict(use_ssl) if isinstance(use_ssl, Mapping) else True
+    return options
+
+
+def _supported_store(url: str) -> bool:
+    """True for a URL whose scheme a leaderfeed backend shared by processes serves (a missing
+    driver still counts: resolving it then names the extra to install)."""
+    if "://" not in url:  # "django-db", "disabled"...
+        return False
+    try:
+        cls = backend_class(url)
+    except ConfigurationError as exc:
+        return "pip install" in str(exc)
+    return cls.shared_across_processes
+
+
+def _announce(url: str, why: str, options: Mapping[str, Any]) -> str:
+    if url not in _announced:
+        _announced.add(url)
+        inherited = f"; options {', '.join(sorted(options))} from it" if options else ""
+        logger.info(
+            "leaderfeed: leaderfeed_backend is not set; using %s (%s%s)",
+            redact_url(url),
+            why,
+            inherited,
+        )
+    return url
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -280,7 +378,10 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
     def get(key: str) -> Any:
         return _lookup(app, given, key)
 
-    backend_url = get("leaderfeed_backend") or _default_backend(app)
+    backend_url = get("leaderfeed_backend")
+    inherited: dict[str, Any] = {}
+    if not backend_url:
+        backend_url, inherited = _default_backend(app)
     if not isinstance(backend_url, str):
         raise ConfigurationError(  # not its repr: a URL in bytes would show its password
             f"leaderfeed_backend must be a URL string, got {type(backend_url).__name__}"
@@ -294,6 +395,7 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
     options = get("leaderfeed_backend_options")
     if not isinstance(options, Mapping):
         raise ConfigurationError(f"leaderfeed_backend_options must be a mapping, got {options!r}")
+    options = {**inherited, **options}  # what the user set for leaderfeed wins
 
     retry_delay = get("leaderfeed_retry_delay")
     limit = get("leaderfeed_catch_up_limit")
@@ -333,7 +435,19 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
         catch_up_limit=limit,
         beat_name=beat_name,
         queue=queue,
+        eager_policy=eager_policy(app, given),
+        metrics_port=_port("leaderfeed_metrics_port", get("leaderfeed_metrics_port")),
     )
+
+
+def _port(key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigurationError(f"{key} must be a TCP port (1-65535), got {value!r}")
+    return value
 
 
 def election_name(app: Any, overrides: Mapping[str, Any] | None = None) -> str:
@@ -344,6 +458,15 @@ def election_name(app: Any, overrides: Mapping[str, Any] | None = None) -> str:
     if not isinstance(name, str):
         raise ConfigurationError(f"leaderfeed_name must be a string, got {name!r}")
     return name
+
+
+def eager_policy(app: Any, overrides: Mapping[str, Any] | None = None) -> EagerPolicy:
+    """``leaderfeed_eager_policy`` of ``app``, read without resolving the other settings: an
+    eager test run often configures no store at all."""
+    value = _lookup(app, overrides or {}, "leaderfeed_eager_policy")
+    if value is None:
+        value = DEFAULTS["leaderfeed_eager_policy"]
+    return cast(EagerPolicy, _choice("leaderfeed_eager_policy", value, EAGER_POLICIES))
 
 
 def leader_queue_name(app: Any, overrides: Mapping[str, Any] | None = None) -> str:

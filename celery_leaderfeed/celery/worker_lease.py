@@ -23,6 +23,9 @@ commands) from the segment it writes, a prefork child or the embedded beat proce
     after stop.
 ``worker_settings(app)``, ``leadership_report(app)``
     The resolved settings as this worker uses them; the ``celery inspect leaderfeed`` reply.
+``simulate(source)``
+    Tests only (the pytest plugin, :mod:`celery_leaderfeed.testing`): every lookup above in this
+    process returns ``source()`` instead, until ``simulate(None)``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +58,8 @@ __all__ = [
     "leader_admission",
     "leadership_report",
     "register",
+    "running_worker",
+    "simulate",
     "unregister",
     "worker_feed",
     "worker_settings",
@@ -89,6 +94,14 @@ class RunningWorker(Protocol):
 
     def report(self) -> dict[str, Any]: ...
 
+    def request_leadership(
+        self, election: str | None = None, *, nominate: bool = True
+    ) -> dict[str, Any]: ...
+
+    def hand_over_to(
+        self, node: str, election: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]: ...
+
 
 _running: weakref.WeakKeyDictionary[Any, RunningWorker] = weakref.WeakKeyDictionary()
 _settings_cache: weakref.WeakKeyDictionary[Any, tuple[int, LeaderfeedSettings | None]] = (
@@ -100,6 +113,15 @@ _attached: dict[tuple[int, int, str], SharedLease] = {}
 #: Where no segment was found: when to look again.
 _absent_until: dict[tuple[int, int, str], float] = {}
 _lock = threading.Lock()
+#: This process's lease as a test decides it (see :func:`simulate`); None: the real lookup.
+_simulated: Callable[[], Lease | None] | None = None
+
+
+def simulate(source: Callable[[], Lease | None] | None) -> None:
+    """Make :func:`current_lease` and :func:`leader_admission` return ``source()`` in this
+    process, for every app (None: back to the worker's segment). For tests only."""
+    global _simulated  # noqa: PLW0603 - one switch per process, as the segment is
+    _simulated = source
 
 
 def register(worker: RunningWorker) -> None:
@@ -151,6 +173,11 @@ def worker_settings(app: Any = None) -> LeaderfeedSettings | None:
         settings = None
     _settings_cache[app] = (pid, settings)
     return settings
+
+
+def running_worker(app: Any = None) -> RunningWorker | None:
+    """The worker step running in this process (None elsewhere)."""
+    return _running_here(_app_object(app))
 
 
 def leadership_report(app: Any = None) -> dict[str, Any] | None:
@@ -210,6 +237,9 @@ def _parent_segment(election: str) -> SharedLease | None:
 
 def current_lease(app: Any = None) -> Lease | None:
     """This worker's lease, from whichever of its processes asks (see the module docstring)."""
+    simulated = _simulated
+    if simulated is not None:
+        return simulated()
     source = _lease_source(_app_object(app))
     return None if source is None else source.read()
 
@@ -223,6 +253,10 @@ def leader_admission(app: Any = None) -> Iterator[Lease | None]:
     says leader is one the worker waits for before it resigns. A lease that says follower is
     yielded without the lock: followers never touch it.
     """
+    simulated = _simulated
+    if simulated is not None:
+        yield simulated()
+        return
     source = _lease_source(_app_object(app))
     if source is None:
         yield None

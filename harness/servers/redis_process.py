@@ -19,7 +19,11 @@ class RedisServer:
     replica of another (``replica_of``: that server's port)."""
 
     def __init__(
-        self, port: int | None = None, password: str | None = None, replica_of: int | None = None
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        replica_of: int | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -31,6 +35,7 @@ class RedisServer:
         self.port = port or free_port()
         self.password = password
         self.replica_of = replica_of
+        self.extra_args = extra_args
         self.dir = Path(tempfile.mkdtemp(prefix="leaderfeed-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -61,17 +66,20 @@ class RedisServer:
             "",
             "--appendonly",
             "no",
+            # A replica's first full sync starts at once, not after the default 5 s wait.
+            "--repl-diskless-sync-delay",
+            "0",
             "--dir",
             str(self.dir),
             "--logfile",
             str(self.dir / "redis.log"),
         ]
         if self.password:
-            args += ["--requirepass", self.password]
+            # masterauth on a master too: Sentinel may turn it into a replica.
+            args += ["--requirepass", self.password, "--masterauth", self.password]
         if self.replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
-            if self.password:
-                args += ["--masterauth", self.password]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, 10, interval=0.01, message=f"redis-server on port {self.port}")
         return self

@@ -4,7 +4,10 @@ Configured from the environment so each test runs its own election on the sessio
 ``LEADERFEED_TEST_CONF`` holds a JSON object of settings (broker, backend, election name,
 timings...). Tasks record what they did in Redis under ``LEADERFEED_TEST_KEY`` with
 ``time.monotonic()`` stamps - one clock for every process on the machine - so a test can
-check that no two leader-only bodies overlapped.
+check that no two leader-only bodies overlapped. With ``LEADERFEED_TEST_ACTS`` (a directory),
+the worker's main process also records an *act* every millisecond its lease lets it act as
+leader (the lease every ``@leader_only`` body is admitted by), as ``harness.fault_checker``
+reads them: ``<monotonic> <member> <term>`` lines in ``<dir>/<node name>.acts``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import psutil
 import redis
 from celery import Celery
+from celery.signals import worker_ready
 
 import celery_leaderfeed
 from celery_leaderfeed import leader_only
@@ -54,6 +58,25 @@ def _redis() -> redis.Redis:
 
 def _record(**fields: Any) -> None:
     _redis().rpush(RUNS_KEY, json.dumps(fields))
+
+
+@worker_ready.connect
+def _record_acts(sender: Any = None, **kwargs: Any) -> None:
+    directory = os.environ.get("LEADERFEED_TEST_ACTS")
+    if not directory or sender is None:
+        return
+    hostname = sender.hostname
+
+    def act() -> None:
+        with open(os.path.join(directory, f"{hostname}.acts"), "a", buffering=1) as out:
+            while True:
+                lease = current_lease(app)
+                now = time.monotonic()
+                if lease is not None and lease.term is not None and lease.valid(now):
+                    out.write(f"{now:.6f} {hostname} {lease.term}\n")
+                time.sleep(0.001)
+
+    threading.Thread(target=act, name="acts", daemon=True).start()
 
 
 @app.task(bind=True)

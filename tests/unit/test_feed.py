@@ -297,7 +297,7 @@ def test_bad_options_fail_at_construction(kwargs: dict[str, object], message: st
         ("", "non-empty"),
         (42, "non-empty string"),
         ("localhost:6379", "not a URL"),
-        ("postgres://db/x", "no leaderfeed backend for postgres://"),
+        ("mysql://db/x", "no leaderfeed backend for mysql://"),
         ("redis://:pw@host:notaport/0", "invalid Redis URL"),
     ],
 )

@@ -32,8 +32,36 @@ def test_documented_module_paths_name_the_objects_the_package_uses(
 
 @pytest.mark.parametrize(
     ("group", "name"),
-    [("celery.beat_schedulers", "leaderfeed"), ("celery.commands", "leaderfeed")],
+    [
+        ("celery.beat_schedulers", "leaderfeed"),
+        ("celery.beat_schedulers", "leaderfeed-redbeat"),
+        ("celery.commands", "leaderfeed"),
+    ],
 )
 def test_entry_points_load(group: str, name: str) -> None:
     (point,) = [p for p in entry_points(group=group) if p.name == name]
     assert point.load() is not None
+
+
+def test_the_django_alias_names_the_leader_gated_database_scheduler() -> None:
+    """Loading it needs Django set up (tests/test_django_scheduler.py does); here, the name."""
+    (point,) = [
+        p for p in entry_points(group="celery.beat_schedulers") if p.name == "leaderfeed-django"
+    ]
+    assert point.value == "celery_leaderfeed.contrib.django_celery_beat:LeaderDatabaseScheduler"
+
+
+def test_leader_gated_composes_with_any_scheduler_once() -> None:
+    from celery.beat import PersistentScheduler, Scheduler
+
+    from celery_leaderfeed.celery.leader_gated import LeaderGatedMixin
+    from celery_leaderfeed.celery.scheduler import LeaderScheduler
+
+    gated = celery_leaderfeed.leader_gated(PersistentScheduler)
+    assert issubclass(gated, LeaderGatedMixin) and issubclass(gated, PersistentScheduler)
+    assert gated.__mro__[1:3] == (LeaderGatedMixin, PersistentScheduler)
+    assert celery_leaderfeed.leader_gated(PersistentScheduler) is gated
+    assert celery_leaderfeed.leader_gated(LeaderScheduler) is LeaderScheduler
+    assert issubclass(LeaderScheduler, Scheduler)
+    with pytest.raises(TypeError, match=r"celery\.beat\.Scheduler subclass"):
+        celery_leaderfeed.leader_gated(dict)

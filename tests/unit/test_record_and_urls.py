@@ -106,7 +106,8 @@ def test_a_parse_error_names_the_unencoded_character_never_the_password() -> Non
 
 def test_a_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)  # import redis -> ImportError
-    monkeypatch.delitem(sys.modules, "celery_leaderfeed.backends.redis", raising=False)
+    for module in [m for m in sys.modules if m.startswith("celery_leaderfeed.backends.redis")]:
+        monkeypatch.delitem(sys.modules, module)
     with pytest.raises(ConfigurationError, match=r"pip install 'celery-leaderfeed\[redis\]'"):
         backend_class("redis://localhost/0")
 
