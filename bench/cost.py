@@ -29,6 +29,7 @@ OPS_SOURCE = {
     "redis": "Redis INFO commandstats (calls), minus the bench's own INFO and HELLO",
     "mongodb": "serverStatus opcounters, minus the bench's own serverStatus",
     "rethinkdb": "not measured (the RethinkDB wire server keeps no counters)",
+    "postgresql": "not measured (pg_stat counters are flushed about once a second, too coarse)",
 }
 
 

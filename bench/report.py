@@ -22,6 +22,7 @@ README = Path(__file__).resolve().parent / "README.md"
 
 BACKENDS = {
     "redis": "Redis",
+    "postgresql": "PostgreSQL",
     "mongodb-changestream": "MongoDB, change stream",
     "mongodb-capped": "MongoDB, capped collection",
     "rethinkdb": "RethinkDB",
@@ -508,6 +509,19 @@ def _metrics(part: dict[str, Any], page: Path, image: Path) -> list[str]:
     ]
 
 
+def _elect(part: dict[str, Any], page: Path, image: Path) -> list[str]:
+    s, st = part["summary"], part["settings"]
+    rows = [[ms(s["median"]), ms(s["p95"]), ms(s["max"]), str(s["n"])]]
+    settings = (
+        f"{st['workers']} idle workers ({st['pool']}), Redis broker and store on loopback, "
+        "leaderfeed defaults; each trial elects a worker that does not lead"
+    )
+    return [
+        table("`elect NODE` to NODE leading: median | p95 | max | trials", rows),
+        stamp(part, settings),
+    ]
+
+
 Section = Callable[[dict[str, Any], Path, Path], list[str]]
 #: Part -> (heading, anchor of its method in bench/README.md, renderer).
 SECTIONS: dict[str, tuple[str, str, Section]] = {
@@ -518,4 +532,5 @@ SECTIONS: dict[str, tuple[str, str, Section]] = {
     "leader_only": ("## 5. `@leader_only` overhead", "leader_only-overhead", _leader_only),
     "leader_queue": ("## 6. Leader queue", "leader-queue", _leader_queue),
     "metrics": ("## 7. Metrics endpoint", "metrics-endpoint", _metrics),
+    "elect": ("## 8. Planned handover", "planned-handover", _elect),
 }

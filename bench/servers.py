@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from harness.servers.postgres_process import PostgresServer
 from harness.servers.redis_process import RedisServer
 from harness.servers.rethinkdb_wire.process import start_rethinkdb_wire_server
 from harness.servers.secantus_process import SecantusServer
@@ -16,6 +17,7 @@ from harness.servers.secantus_process import SecantusServer
 #: Every backend, in the order the page lists them, and what its store is on this machine.
 SERVER_OF = {
     "redis": "redis-server",
+    "postgresql": "PostgreSQL (Debian), LISTEN/NOTIFY",
     "mongodb-changestream": "SecantusDB (MongoDB wire protocol, one-node replica set)",
     "mongodb-capped": "SecantusDB (MongoDB wire protocol), capped collection + tailable cursor",
     "rethinkdb": "rethinkdb_wire test server (RethinkDB wire protocol V1_0)",
@@ -35,7 +37,7 @@ class Store:
 
     def fresh(self) -> Store:
         """The same server under new collection / table names: a store with no record yet."""
-        key = {"rethinkdb": "table"}.get(self.backend, "collection")
+        key = {"rethinkdb": "table", "postgresql": "table"}.get(self.backend, "collection")
         if self.backend in ("redis", "memory"):
             return self
         return replace(self, options={**self.options, key: f"bench_{uuid.uuid4().hex[:8]}"})
@@ -62,6 +64,14 @@ def store(backend: str) -> Iterator[Store]:
     elif backend == "redis":
         with redis_server() as redis:
             yield Store("redis", redis.url, pid=_pid(redis.process))
+    elif backend == "postgresql":
+        # Each member holds two connections (queries, LISTEN): room for the cost part's 50.
+        postgres = PostgresServer(settings={"max_connections": "300"}).start()
+        try:
+            url = postgres.url(postgres.create_database("bench"))
+            yield Store("postgresql", url, pid=postgres.pid()).fresh()
+        finally:
+            postgres.close()
     elif backend.startswith("mongodb"):
         mongo = SecantusServer().start()
         try:

@@ -79,16 +79,18 @@ class HandLeadership:
 
 
 class Sent:
-    """Every ``send_task`` call of the app: (task name, headers)."""
+    """Every ``send_task`` call of the app: (task name, headers), and each call's task id."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.task_ids: list[str | None] = []
         self.failing = False
 
     def __call__(self, name: str, *args: Any, **options: Any) -> None:
         if self.failing:
             raise ConnectionError("broker unreachable (injected)")
         self.calls.append((name, dict(options.get("headers") or {})))
+        self.task_ids.append(options.get("task_id"))
 
     @property
     def occurrences(self) -> list[str]:

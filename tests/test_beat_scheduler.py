@@ -20,7 +20,7 @@ from celery.utils.imports import load_extension_class_names
 from celery_leaderfeed import LeaderFeed
 from celery_leaderfeed.backends.memory import memory_store
 from celery_leaderfeed.celery.beat_leadership import OwnElection, WorkerElection
-from celery_leaderfeed.celery.occurrences import EntryState, occurrence_id
+from celery_leaderfeed.celery.occurrences import EntryState, occurrence_id, task_id_for
 from celery_leaderfeed.celery.scheduler import LeaderScheduler
 from celery_leaderfeed.engine.election import Lease, Role
 from harness.helpers import wait_until
@@ -189,7 +189,7 @@ def test_two_schedulers_racing_for_one_occurrence_send_it_once(
     assert sorted(sent.occurrences) == [tick_id(1), tick_id(2)]
 
 
-def test_a_failed_publish_puts_the_claim_back_and_is_retried(
+def test_a_failed_publish_stays_pending_and_is_retried_under_the_same_task_id(
     app: Celery,
     store_url: str,
     clocks: Clocks,
@@ -201,17 +201,22 @@ def test_a_failed_publish_puts_the_claim_back_and_is_retried(
     leadership.take()
     scheduler = scheduler_for(app, leadership, clocks, schedulers)
     scheduler.tick()
-    anchored = memory_store(store_url).entries("cluster")["tick"]
     clocks.advance(1.0)
     sent.failing = True
     with caplog.at_level(logging.WARNING, logger="celery_leaderfeed.beat"):
-        scheduler.tick()
-    assert memory_store(store_url).entries("cluster")["tick"] == anchored
-    assert "will be retried" in caplog.text
+        delay = scheduler.tick()
+    assert 0 < delay <= HEARTBEAT  # backs off
+    pending = stored(store_url)["tick"].pending
+    assert pending is not None and pending.occurrence == tick_id(1)
+    assert pending.task_id == task_id_for("cluster", tick_id(1))
+    assert "stays pending and is published again" in caplog.text
     sent.failing = False
     clocks.advance(0.1)
     scheduler.tick()
     assert sent.occurrences == [tick_id(1)]
+    assert sent.task_ids == [pending.task_id]
+    assert "leaderfeed_republished" not in sent.calls[0][1]  # the same leader: not a takeover
+    assert stored(store_url)["tick"].pending is None  # confirmed
 
 
 def test_a_store_outage_stops_sends_until_the_store_returns(

@@ -155,7 +155,7 @@ def test_a_refused_schedule_state_is_an_error_at_a_bounded_rate_then_heals(
 # -- a broker that refuses sends ---------------------------------------------------------------
 
 
-def test_failing_sends_are_put_back_and_reported_at_a_bounded_rate(
+def test_failing_sends_stay_pending_and_are_reported_at_a_bounded_rate(
     app: Celery,
     store_url: str,
     clocks: Clocks,
@@ -173,12 +173,14 @@ def test_failing_sends_are_put_back_and_reported_at_a_bounded_rate(
         run_ticks(beat, clocks, 30.0)
         lines = beat_lines(caplog)
         assert [level for level, _ in lines] == ["ERROR", "ERROR", "ERROR"], lines
-        assert "will be retried" in lines[0][1] and "still failing" in lines[1][1]
+        assert "stays pending" in lines[0][1] and "still failing" in lines[1][1]
         assert caplog.records[0].exc_info is not None  # the traceback, once
-        assert stored(store_url)["tick"].runs == 0  # every claim was put back
+        state = stored(store_url)["tick"]
+        assert state.runs == 1 and state.pending is not None  # one claim, pending throughout
         sent.failing = False
         run_ticks(beat, clocks, 1.0)
-    assert sent.calls[0][1]["leaderfeed_missed"] >= 25  # run_once: the missed runs coalesced
+    assert sent.calls[0][1]["leaderfeed_occurrence"] == state.pending.occurrence
+    assert sent.calls[1][1]["leaderfeed_missed"] >= 25  # run_once: the missed runs coalesced
     assert any("sending periodic tasks works again" in text for _, text in beat_lines(caplog))
 
 

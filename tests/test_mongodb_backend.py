@@ -561,3 +561,31 @@ def test_missing_pymongo_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.delitem(sys.modules, module)
     with pytest.raises(ConfigurationError, match=r"celery-leaderfeed\[mongodb\]"):
         backend_class("mongodb://localhost/")
+
+
+# -- once-only marks ---------------------------------------------------------------------------
+
+
+def test_marks_past_their_expiry_count_as_absent_before_the_ttl_monitor_runs(
+    mongodb_changestream_kit: BackendKit, open_database: Callable[[BackendKit], Database[Doc]]
+) -> None:
+    import datetime
+
+    kit = mongodb_changestream_kit
+    backend = kit.connected()
+    marks = open_database(kit)[f"{kit.options['collection']}_marks"]
+    index = {i["name"]: i for i in marks.list_indexes()}[documents.MARK_TTL_INDEX]
+    assert (dict(index["key"]), index["expireAfterSeconds"]) == ({"expires_at": 1}, 0)
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+    marks.insert_many(
+        [
+            {"_id": f"{kit.name}/expired", "value": "old", "expires_at": past},
+            {"_id": f"{kit.name}/foreign", "something": "else"},  # no expiry: absent too
+        ]
+    )
+    assert backend.mark_once("expired", "new", 60) is None
+    assert backend.mark_once("foreign", "new", 60) is None
+    assert backend.mark_once("expired", "x", 60) == "new"
+    stored = marks.find_one({"_id": f"{kit.name}/expired"})
+    assert stored is not None and stored["value"] == "new"
+    assert stored["expires_at"] > past.replace(tzinfo=None)

@@ -280,7 +280,7 @@ def test_state_round_trips_and_advances() -> None:
         "{not json",
         "[]",
         '"text"',
-        '{"v": 2, "due": 1, "term": 1, "runs": 0, "skipped": 0}',
+        '{"v": 3, "due": 1, "term": 1, "runs": 0, "skipped": 0}',
         '{"due": 1, "term": 1, "runs": 0, "skipped": 0}',
         '{"v": 1, "term": 1, "runs": 0, "skipped": 0}',
         '{"v": 1, "due": "1", "term": 1, "runs": 0, "skipped": 0}',

@@ -598,3 +598,62 @@ def test_the_registry_serves_exactly_the_backends_schemes() -> None:
     registered = {scheme for scheme, entry in _REGISTRY.items() if "postgresql" in entry.target}
     assert registered == set(PostgresBackend.schemes)
     assert all(backend_class(f"{scheme}://h/d") is PostgresBackend for scheme in registered)
+
+
+# -- once-only marks ---------------------------------------------------------------------------
+
+
+def test_expired_marks_are_swept_a_bounded_number_at_a_time(
+    postgresql_kit: BackendKit, admin: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery_leaderfeed.backends.postgresql import backend as postgres_module
+
+    backend = postgresql_kit.connected()
+    other = postgresql_kit.connected(f"other-{uuid.uuid4().hex[:8]}")
+    marks = sql.Identifier(f"{postgresql_kit.options['table']}_marks")
+    for index in range(5):
+        assert backend.mark_once(f"old-{index}", "v", 0.05) is None
+    assert other.mark_once("old", "v", 0.05) is None  # any election's expired marks go
+    assert backend.mark_once("kept", "v", 60) is None
+
+    def count(where: str) -> int:
+        query = sql.SQL("SELECT count(*) FROM {} WHERE " + where).format(marks)
+        row = admin.execute(query).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def expired() -> int:
+        return count("expires_at <= clock_timestamp()")
+
+    wait_until(lambda: expired() == 6, DEADLINE, message="six expired marks")
+    monkeypatch.setattr(postgres_module, "MARK_SWEEP_LIMIT", 4)
+    assert backend.mark_once("new-1", "v", 60) is None  # no sweep yet: not due
+    assert expired() == 6
+    backend._next_sweep = 0.0  # due now
+    assert backend.mark_once("new-2", "v", 60) is None
+    assert expired() == 2  # at most the limit
+    backend._next_sweep = 0.0
+    assert backend.mark_once("new-3", "v", 60) is None
+    assert expired() == 0
+    assert count("true") == 4  # kept, new-1, new-2, new-3
+    assert backend.mark_once("kept", "x", 60) == "v"
+
+
+def test_a_marks_table_of_another_layout_is_a_configuration_error(
+    postgresql_kit: BackendKit, admin: psycopg.Connection[Any]
+) -> None:
+    marks = sql.Identifier(f"{postgresql_kit.options['table']}_marks")
+    admin.execute(sql.SQL("CREATE TABLE {} (name text PRIMARY KEY, other int)").format(marks))
+    backend = postgresql_kit.backend()
+    backend.connect()
+    with pytest.raises(ConfigurationError, match="_marks"):
+        backend.create()
+
+
+def test_a_mark_with_nul_is_a_value_error_not_an_outage(postgresql_kit: BackendKit) -> None:
+    backend = postgresql_kit.connected()
+    with pytest.raises(ValueError, match="NUL"):
+        backend.mark_once("a\x00b", "v", 60)
+    with pytest.raises(ValueError, match="NUL"):
+        backend.mark_once("k", "v\x00", 60)
+    assert backend.mark_once("k", "v", 60) is None

@@ -435,6 +435,40 @@ def test_wait_replicas_acts_and_announces_only_acknowledged_writes(
         watcher.close()
 
 
+def test_wait_replicas_takes_a_mark_as_made_only_once_acknowledged(
+    master_and_replica: tuple[RedisServer, RedisServer],
+) -> None:
+    master, replica = master_and_replica
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    marker = backend_from_url(master.url, name=name, options={"wait_replicas": 1})
+    marker.connect()
+    try:
+        assert marker.mark_once("k1", "v1", 60) is None
+        # Acknowledged: the replica has it (in memory) by the time mark_once returns.
+        assert replica.client().get(f"leaderfeed:{{{name}}}:mark:k1") == b"v1"
+        replica.cut_replication()
+        with pytest.raises(BackendUnavailable, match="0 of 1 replica"):
+            marker.mark_once("k2", "v2", 60)
+        # Retried with its own value (the worker's next try): still not acknowledged, so still
+        # not made - a retry must not pass a mark the replicas never had.
+        with pytest.raises(BackendUnavailable, match="0 of 1 replica"):
+            marker.mark_once("k2", "v2", 60)
+        # Another value over a held mark writes nothing, so it needs no acknowledgement.
+        assert marker.mark_once("k1", "other", 60) == "v1"
+    finally:
+        marker.close()
+
+
+def test_marks_share_the_hash_slot_of_their_election_whatever_their_key() -> None:
+    from redis.crc import key_slot
+
+    backend = RedisBackend("redis://h/0", name="slot-test")
+    assert isinstance(backend, RedisBackend)
+    slot = key_slot(backend.record_key.encode())
+    for key in ("plain", "{other}", "}{", "a{b}c", ""):
+        assert key_slot((backend.mark_prefix + key).encode()) == slot
+
+
 # -- URLs and options, no server -----------------------------------------------------------------
 
 

@@ -166,7 +166,7 @@ def test_database_and_table_creation_races_from_many_threads(rethinkdb_url: str)
     try:
         assert errors == []
         assert r.db_list().contains(db).run(conn)
-        assert r.db(db).table_list().run(conn) == ["leaderfeed"]
+        assert sorted(r.db(db).table_list().run(conn)) == ["leaderfeed", "leaderfeed_marks"]
         assert r.db(db).table("leaderfeed").count().run(conn) == len(backends)
     finally:
         for backend in backends:
@@ -432,3 +432,40 @@ def test_a_hung_server_fails_calls_within_the_timeout(private_server: RethinkDBW
     assert backend.renew(record.term, "tok-a").ok  # a fresh connection works again
     subscription.close()
     backend.close()
+
+
+# -- once-only marks ---------------------------------------------------------------------------
+
+
+def test_expired_marks_are_swept_a_bounded_number_at_a_time(
+    rethinkdb_kit: BackendKit, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery_leaderfeed.backends.rethinkdb import backend as rethink_module
+
+    _, conn = raw
+    backend = rethinkdb_kit.connected()
+    other = rethinkdb_kit.connected(f"other-{uuid.uuid4().hex[:8]}")
+    marks = r.db(database_of(rethinkdb_kit.url)).table(f"{rethinkdb_kit.options['table']}_marks")
+    for index in range(4):
+        assert backend.mark_once(f"old-{index}", "v", 0.05) is None
+    assert other.mark_once("old", "v", 0.05) is None  # any election's expired marks go
+    assert backend.mark_once("kept", "v", 60) is None
+    # A foreign document without an expiry counts as expired too.
+    marks.insert({"id": "foreign", "value": 1}).run(conn)
+
+    def expired() -> int:
+        now = r.now().to_epoch_time()
+        return int(marks.filter(lambda d: d["expires_at"].default(0).le(now)).count().run(conn))
+
+    wait_until(lambda: expired() == 6, DEADLINE, message="six expired marks")
+    monkeypatch.setattr(rethink_module, "MARK_SWEEP_LIMIT", 4)
+    assert backend.mark_once("new-1", "v", 60) is None  # no sweep yet: not due
+    assert expired() == 6
+    backend._next_sweep = 0.0  # due now
+    assert backend.mark_once("new-2", "v", 60) is None
+    assert expired() == 2  # at most the limit
+    backend._next_sweep = 0.0
+    assert backend.mark_once("new-3", "v", 60) is None
+    assert expired() == 0
+    assert backend.mark_once("kept", "x", 60) == "v"
+    assert marks.count().run(conn) == 4  # kept, new-1, new-2, new-3

@@ -253,6 +253,23 @@ class Backend(abc.ABC):
         with self.mapped_errors("write schedule state"):
             return self._write_entry(term, token, entry, expected, new)
 
+    # -- once-only marks (consumer-side deduplication) ----------------------------------------
+
+    def mark_once(self, key: str, value: str, ttl: float) -> str | None:
+        """Set ``key`` (in this election's namespace) to ``value`` unless it is set: None when
+        this call set it, else the value already there. A mark expires ``ttl`` seconds after it
+        was set, by the store's clock. Not fenced: any process may mark. One atomic step."""
+        if not ttl > 0:
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        if "\x00" in key or "\x00" in value:  # PostgreSQL text cannot hold it: none may
+            raise ValueError("a mark's key and value cannot contain NUL characters")
+        with self.mapped_errors("mark once"):
+            return self._mark_once(key, value, ttl)
+
+    def _mark_once(self, key: str, value: str, ttl: float) -> str | None:
+        """Backends that support once-only marks override this."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no once-only marks")
+
     # -- error mapping -----------------------------------------------------------------------
 
     @contextlib.contextmanager

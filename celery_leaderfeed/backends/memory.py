@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError
@@ -35,6 +35,8 @@ class StoreState:
     #: The history marker each record was written under.
     written_in: Mapping[str, int]
     entries: Mapping[str, Mapping[str, str]]
+    #: Once-only marks per election: key -> (value, expiry by the store's clock).
+    marks: Mapping[str, Mapping[str, tuple[str, float]]] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -49,6 +51,8 @@ class MemoryStore:
         self.history = 0
         self._written_in: dict[str, int] = {}
         self._entries: dict[str, dict[str, str]] = {}
+        #: Once-only marks per election: key -> (value, expiry by the store's clock).
+        self._marks: dict[str, dict[str, tuple[str, float]]] = {}
         self._feeds: dict[str, list[_MemorySubscription]] = {}
         self._available = True
         #: Every write applied, in order, as (election name, operation): for assertions.
@@ -93,12 +97,13 @@ class MemoryStore:
                 feed.deliver(DataChanged(change))
 
     def snapshot(self) -> StoreState:
-        """Everything stored now (records and schedule state), to restore later."""
+        """Everything stored now (records, schedule state, marks), to restore later."""
         with self._lock:
             return StoreState(
                 dict(self._records),
                 dict(self._written_in),
                 {name: dict(entries) for name, entries in self._entries.items()},
+                {name: dict(marks) for name, marks in self._marks.items()},
             )
 
     def restore(self, state: StoreState, *, new_history: bool = True) -> None:
@@ -113,6 +118,7 @@ class MemoryStore:
             self._records = dict(state.records)
             self._written_in = dict(state.written_in)
             self._entries = {name: dict(entries) for name, entries in state.entries.items()}
+            self._marks = {name: dict(marks) for name, marks in state.marks.items()}
             if new_history:
                 self.history += 1
             self._break_feeds()
@@ -145,6 +151,18 @@ class MemoryStore:
         with self._lock:
             self._check()
             return dict(self._entries.get(name, {}))
+
+    def mark_once(self, name: str, key: str, value: str, ttl: float) -> str | None:
+        with self._lock:
+            self._check()
+            now = self.clock()
+            marks = self._marks.setdefault(name, {})
+            held = marks.get(key)
+            if held is not None and held[1] > now:
+                return held[0]
+            marks[key] = (value, now + ttl)
+            self.operations.append((name, "mark_once"))
+            return None
 
     def write_entry(
         self, name: str, term: int, token: str, entry: str, expected: str | None, new: str
@@ -309,3 +327,6 @@ class MemoryBackend(Backend):
         self, term: int, token: str, entry: str, expected: str | None, new: str
     ) -> bool:
         return self.store.write_entry(self.name, term, token, entry, expected, new)
+
+    def _mark_once(self, key: str, value: str, ttl: float) -> str | None:
+        return self.store.mark_once(self.name, key, value, ttl)

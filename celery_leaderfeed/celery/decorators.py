@@ -55,6 +55,9 @@ policy      what happens, and what the result backend shows
             ``throws=(NotLeaderError,)`` to the task to log it without a traceback.
 =========== ====================================================================================
 
+A periodic run sent by the leader-gated beat is checked for a duplicate publish once the leader
+admitted its body (:mod:`~celery_leaderfeed.celery.once`): a duplicate does not run.
+
 A body that runs reads the term it was admitted under with :func:`current_term` - pass it as a
 fencing token to whatever it writes, so the receiver can refuse writes from an older term.
 Where no leaderfeed step runs (``install(app)`` not called, or outside a worker) a message a
@@ -94,6 +97,7 @@ from ..engine.election import Lease, Role
 from ..errors import ConfigurationError, NotLeaderError, UsageError
 from .body_counts import count_body
 from .leader_queue import LEADER_ONLY_MARK, leader_queue
+from .once import admit_once
 from .settings import FOLLOWER_POLICIES, FollowerPolicy, eager_policy, leader_queue_name
 from .worker_lease import leader_admission, worker_settings
 
@@ -162,6 +166,7 @@ def _wrap(fn: F, policy: FollowerPolicy | None) -> F:
         # A leader's body runs under the admission lock, which a worker handing over waits for.
         with leader_admission(app) as lease:
             if lease is not None and lease.term is not None and lease.valid():
+                admit_once(task)  # a duplicate publish of a periodic run: Ignore
                 count_body(app, admitted=True)
                 return _run(fn, lease.term, args, kwargs)
         if lease is not None:

@@ -5,8 +5,10 @@
     app = Celery("proj")
     celery_leaderfeed.install(app)
 
-It adds the worker step, the routing of ``@leader_only`` tasks to the election's leader queue
-(after the user's own routes, see :mod:`~celery_leaderfeed.celery.leader_queue`), the
+It adds the worker step, the duplicate check of periodic runs (every task's
+``before_start``, see :mod:`~celery_leaderfeed.celery.once`), the routing of ``@leader_only``
+tasks to the election's leader queue (after the user's own routes, see
+:mod:`~celery_leaderfeed.celery.leader_queue`), the
 ``--leaderfeed-*`` options of ``celery worker`` and ``celery beat``
 (each overrides the ``leaderfeed_*`` setting of the same name) and the ``celery inspect
 leaderfeed`` command. Nothing else in the package registers anything on import.
@@ -34,6 +36,7 @@ with celery_extra():
 
 from .bootstep import LeaderFeedStep
 from .leader_queue import install_routing
+from .once import install_dedup
 from .settings import FOLLOWER_POLICIES
 
 __all__ = ["beat_options", "install", "worker_options"]
@@ -52,6 +55,7 @@ def install(app: Any) -> None:
 
         app.steps["worker"].add(LeaderFeedStep)
         install_routing(app)
+        install_dedup(app)
         _add_options(app.user_options["worker"], worker_options())
         _add_options(app.user_options["beat"], beat_options())
         _installed.add(app)

@@ -30,11 +30,22 @@ Where the leadership comes from:
 The two are separate elections with separate schedule state, so an app must use one kind; a
 leading embedded beat reports a live standalone one (:mod:`~celery_leaderfeed.celery.rival_beat`).
 
-Why no run is sent twice or lost: before a send, the leader *claims* the occurrence in the
-ledger, a compare-and-set on the entry's stored state fenced on the leader record's term and
-token; a leader whose term has ended - a paused process that wakes up, an orphaned beat child -
-cannot claim. If publishing fails after the claim, the claim is released so the run is retried,
-not lost. What is due comes from :mod:`~celery_leaderfeed.celery.occurrences`.
+Why no run is lost or run twice - claim, publish, confirm: before a send, the leader *claims*
+the occurrence in the ledger, a compare-and-set on the entry's stored state fenced on the
+leader record's term and token, which records the run as *pending* with its deterministic task
+id; a leader whose term has ended - a paused process that wakes up, an orphaned beat child -
+cannot claim. It then publishes the run under that task id, with a fresh
+``leaderfeed_publish_id`` per attempt, and a second fenced write *confirms* it (clears
+pending). A publish that fails leaves the run pending: this leader publishes it again at its
+next tick, after backing off. A leader that dies between claim and confirm leaves it pending
+too: the next leader, before sending anything new of that entry, publishes it again under the
+same task id with ``leaderfeed_republished=<old term>``, then confirms. So every claimed run is
+published at least once; consumers run it at most once (:mod:`~celery_leaderfeed.celery.once`
+drops a duplicate publish of a run that already started). What is due comes from
+:mod:`~celery_leaderfeed.celery.occurrences`.
+
+:meth:`LeaderGatedMixin.fault_point` is a no-op hook called between claim and publish and
+between publish and confirm: the tests' scheduler subclass kills the leader there.
 
 ``tick()`` never waits on the election: a follower sleeps a quarter of the heartbeat interval,
 so it takes over within that of its election; a leader wakes for the next due entry (at least
@@ -52,6 +63,7 @@ import random
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -73,15 +85,18 @@ from .ledger import Claim, OccurrenceLedger
 from .metrics import record_beat_run
 from .occurrences import (
     EntryState,
+    PendingPublish,
     PlannedRun,
     ScheduleExhausted,
     format_due,
     next_due,
     occurrence_id,
+    parse_occurrence_id,
     pending,
     plan_due,
     send_headers,
 )
+from .once import ELECTION_HEADER, PUBLISH_ID_HEADER, REPUBLISHED_HEADER
 from .rival_beat import RivalBeatWatch
 from .settings import LeaderfeedSettings, StartupConfigurationError, resolve_settings
 
@@ -205,7 +220,7 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
         self._closed = False
         self._leading = False
         self._broken_entries: set[str] = set()
-        #: Why a send failed in this tick (its claim was put back): the tick backs off.
+        #: Why a send failed in this tick (its run stays pending): the tick backs off.
         self._send_error: Exception | None = None
         self._inner_set_up = False
         super().__init__(app, *args, lazy=lazy, **kwargs)
@@ -261,6 +276,11 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
         assert run.send is not None
         entry.last_run_at = run.send
         entry.total_run_count = state.runs
+
+    def fault_point(self, where: str, occurrence: str) -> None:
+        """Called by the leader right after claiming ``occurrence`` (``where="claimed"``) and
+        right after publishing it (``"published"``), before confirming. A no-op: a test's
+        subclass crashes the leader here (never override it in production code)."""
 
     # -- set-up and tear-down ------------------------------------------------------------------
 
@@ -453,6 +473,14 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
         now = self._clock()
         anchor = self._anchor(entry, now)
         state, rebuilt = ledger.state(name, entry.schedule, now, term=term, anchor=anchor)
+        if state.pending is not None:
+            # Claimed before and not confirmed: published again before anything new is sent.
+            if not self._may_act(lease):
+                return None
+            finished = self._finish_pending(ledger, entry, state, lease)
+            if not isinstance(finished, EntryState):
+                return finished
+            state = finished
         gate = self.entry_gate(entry, now, state)
         if not gate.open:
             logger.debug("beat: %r does not run now: %s", name, gate.reason or "gate closed")
@@ -479,11 +507,13 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
         for run in runs:
             if self._monotonic() >= budget_end or not self._may_act(lease):
                 return None
-            new = state.after(run, term=term, sent_at=time.time())
+            new = state.after(
+                run, term=term, sent_at=time.time(), election=ledger.election, entry=name
+            )
             sent = self._claim_and_send(ledger, entry, run, new, lease)
-            if sent is not Claim.CLAIMED:
+            if not isinstance(sent, EntryState):
                 return sent
-            state = new
+            state = sent
             if run.send is not None and not self.entry_gate(entry, now, state).open:
                 return None  # a one-off entry that just ran
         try:
@@ -546,60 +576,119 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
         run: PlannedRun,
         new: EntryState,
         lease: Lease,
-    ) -> Claim | None:
-        """Claim ``run``, then send it: ``Claim.CLAIMED`` once done, ``Claim.REFUSED`` if the
-        claim was refused, None if the send failed (its claim put back, or reported)."""
+    ) -> EntryState | Claim | None:
+        """Claim ``run`` (``new`` holds it pending), publish it, confirm it: the state now
+        stored once done, ``Claim.REFUSED`` if a write was refused, None if the publish failed
+        (the run stays pending and is published again at a later tick)."""
         if run.send is not None:
             self.producer  # noqa: B018 - connect to the broker before claiming, not after
         with _termination_deferred():
             if ledger.claim(*fence(lease), entry.name, new) is Claim.REFUSED:
                 return Claim.REFUSED
-            error = self._publish(entry, run, new, lease)
-            if error is not None:
-                return self._put_back(ledger, entry.name, run, lease, error)
-        if run.send is not None:
-            self._pacing.sends.recovered(self._monotonic(), "sending periodic tasks")
-        self._report(entry, run, new, lease)
-        return Claim.CLAIMED
+            if new.pending is None:
+                self._report(entry, run, new, lease)
+                return new
+            confirmed = self._publish_and_confirm(ledger, entry, run, new, lease, None)
+        if isinstance(confirmed, EntryState):
+            self._report(entry, run, confirmed, lease)
+        return confirmed
 
-    def _put_back(
+    def _finish_pending(
+        self, ledger: OccurrenceLedger, entry: Any, state: EntryState, lease: Lease
+    ) -> EntryState | Claim | None:
+        """Publish again the run ``state`` holds pending (its publish failed, or its leader died
+        before confirming), under the same task id, then confirm it: as
+        :meth:`_claim_and_send`. The pending record is first taken over under this term (a
+        fenced write, so of two leaders only the current one publishes it)."""
+        pending = state.pending
+        assert pending is not None
+        term, _ = fence(lease)
+        run = self._pending_run(entry, pending)
+        previous_term = None if pending.term == term else pending.term
+        retaken = state.retaken(term)
+        self.producer  # noqa: B018 - connect to the broker before claiming, not after
+        with _termination_deferred():
+            if ledger.claim(*fence(lease), entry.name, retaken) is Claim.REFUSED:
+                return Claim.REFUSED
+            # A takeover is worth a warning; this leader's own retries are reported, at a
+            # bounded rate, by the failure log of the send.
+            logger.log(
+                logging.DEBUG if previous_term is None else logging.WARNING,
+                "beat: publishing %s again (attempt %d; claimed in term %d, not confirmed)",
+                pending.occurrence,
+                pending.attempt + 1,
+                pending.term,
+            )
+            confirmed = self._publish_and_confirm(ledger, entry, run, retaken, lease, previous_term)
+        if isinstance(confirmed, EntryState) and self._may_act(lease):
+            with contextlib.suppress(Exception):  # bookkeeping only, as in _report
+                self.record_run(entry, run, confirmed)
+        return confirmed
+
+    def _pending_run(self, entry: Any, pending: PendingPublish) -> PlannedRun:
+        """The run ``pending`` stands for, planned again from the state it advanced, so a
+        republish lists the missed runs the first publish listed."""
+        _, due = parse_occurrence_id(pending.occurrence)
+        if pending.after is not None and self._settings is not None:
+            policy, limit = self._settings.misfire_policy, self._settings.catch_up_limit
+            with contextlib.suppress(Exception):
+                for run in plan_due(entry.schedule, pending.after, due, policy, limit):
+                    if run.send == due:
+                        return run
+        return PlannedRun(advance_to=due, send=due)
+
+    def _publish_and_confirm(
         self,
         ledger: OccurrenceLedger,
-        name: str,
+        entry: Any,
         run: PlannedRun,
+        claimed: EntryState,
         lease: Lease,
-        error: Exception,
-    ) -> Claim | None:
-        """Release the claim of a run whose send failed, so it is sent later (by us or a
-        successor); the tick then backs off, and a lasting failure is reported at a bounded rate."""
-        assert run.send is not None
-        occurrence = occurrence_id(name, run.send)
-        try:
-            released: Claim | None = ledger.release(*fence(lease), name)
-        except BackendUnavailable:
-            released = None
-        if released is not Claim.CLAIMED:
-            logger.error(
-                "beat: sending %s failed (%s) and its claim could not be undone", occurrence, error
-            )
-            return released
-        self._send_error = error
-        note = "; it will be retried"
-        self._pacing.sends.failed(self._monotonic(), f"sending {occurrence}", error, note=note)
-        return None
+        republished: int | None,
+    ) -> EntryState | Claim | None:
+        """Publish the run ``claimed`` holds pending, then confirm it (see _claim_and_send)."""
+        pending = claimed.pending
+        assert pending is not None
+        self.fault_point("claimed", pending.occurrence)
+        if not self._may_act(lease):
+            return None  # paused since the claim: left pending, for whoever leads now
+        error = self._publish(entry, run, claimed, lease, pending, republished)
+        if error is not None:
+            self._send_error = error
+            note = "; it stays pending and is published again"
+            label = f"sending {pending.occurrence}"
+            self._pacing.sends.failed(self._monotonic(), label, error, note=note)
+            return None
+        self.fault_point("published", pending.occurrence)
+        confirmed = claimed.confirmed()
+        if ledger.claim(*fence(lease), entry.name, confirmed) is Claim.REFUSED:
+            return Claim.REFUSED  # still pending: the next leader publishes it again
+        self._pacing.sends.recovered(self._monotonic(), "sending periodic tasks")
+        return confirmed
 
     def _publish(
-        self, entry: Any, run: PlannedRun, new: EntryState, lease: Lease
+        self,
+        entry: Any,
+        run: PlannedRun,
+        new: EntryState,
+        lease: Lease,
+        pending: PendingPublish,
+        republished: int | None,
     ) -> Exception | None:
-        """Send ``run`` (if it sends) the way Celery's scheduler does; the error, if any."""
-        if run.send is None:
-            return None
+        """Send ``run`` under ``pending``'s task id the way Celery's scheduler does, with a new
+        publish id; ``republished`` is the term that claimed it first, when not this one. The
+        error, if any."""
         assert new.sent_at is not None
         term, _ = fence(lease)
         sender = lease.member_id or ""
         headers = send_headers(entry.name, run, term=term, sender=sender, sent_at=new.sent_at)
+        headers[ELECTION_HEADER] = self._ledger.election if self._ledger else ""
+        headers[PUBLISH_ID_HEADER] = uuid.uuid4().hex
+        if republished is not None:
+            headers[REPUBLISHED_HEADER] = republished
         options = dict(entry.options or {})
         options["headers"] = {**(options.get("headers") or {}), "celery_beat_task": True, **headers}
+        options["task_id"] = pending.task_id
         args = [arg() if isinstance(arg, BeatLazyFunc) else arg for arg in entry.args or ()]
         kwargs = {
             key: value() if isinstance(value, BeatLazyFunc) else value
@@ -611,7 +700,7 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
                 task.apply_async(args, kwargs, producer=self.producer, **options)
             else:
                 self.send_task(entry.task, args, kwargs, producer=self.producer, **options)
-        except Exception as exc:  # noqa: BLE001 - reported by _put_back, with its traceback
+        except Exception as exc:  # noqa: BLE001 - reported by the caller, with its traceback
             return exc
         return None
 

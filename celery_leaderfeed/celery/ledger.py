@@ -3,11 +3,18 @@ leader term at a time.
 
 A leader reads the stored states only after its term began, so they include every claim made
 before it. It then *claims* each change of an entry's state (a new entry's anchor, a rebuilt
-state, a planned run) with ``Backend.write_entry``: a compare-and-set on the state it read,
-fenced atomically on the leader record's term and token. A leader whose term has ended cannot
-claim, and of two writers racing for one occurrence only one wins. A refused claim makes the
-ledger read the states again before its next claim. A claim whose send failed is released -
-the state it replaced is put back - so the run is sent later, by this leader or the next.
+state, a planned run, the confirmation that a run was published) with ``Backend.write_entry``:
+a compare-and-set on the state it read, fenced atomically on the leader record's term and
+token. A leader whose term has ended cannot claim, and of two writers racing for one occurrence
+only one wins. A refused claim makes the ledger read the states again before its next claim.
+A claimed run stays *pending* in its state (:class:`~.occurrences.PendingPublish`) until a
+second claim confirms its publish, so a run whose publish failed, or whose leader died before
+confirming, is published again under the same task id by whoever leads next.
+
+A stored state whose ``pending`` record alone is corrupt keeps its counts and due time; its
+pending run can only be the one due at ``last_due`` (a claim advances ``last_due`` to the run it
+sends), so it is rebuilt from there, with a warning, and published again under its
+deterministic task id: consumers run it at most once (see ``celery.once``).
 
 A stored state that is corrupt, or due further ahead than its schedule explains (a leader whose
 clock ran ahead wrote it), is rebuilt from now with a warning; when the store's clock agrees
@@ -24,12 +31,21 @@ import enum
 import logging
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..backends.base import Backend, Refusal
 from ..errors import BackendUnavailable
-from .occurrences import CorruptState, EntryState, beyond_schedule, format_due
+from .occurrences import (
+    CorruptState,
+    EntryState,
+    PendingPublish,
+    beyond_schedule,
+    format_due,
+    occurrence_id,
+    task_id_for,
+)
 
 __all__ = ["Claim", "OccurrenceLedger"]
 
@@ -60,8 +76,6 @@ class OccurrenceLedger:
         self._read_under: tuple[int, str] | None = None
         #: Each entry's state as last read or written: what its next claim expects to replace.
         self._states: dict[str, str] = {}
-        #: (entry, state it replaced) of the last claim over a stored state, for release().
-        self._replaced: tuple[str, str] | None = None
         self._refusals = 0
         #: ((term, token), the store's clock minus ours): measured once per term, when needed.
         self._clock_offset: tuple[tuple[int, str] | None, timedelta | None] | None = None
@@ -93,6 +107,8 @@ class OccurrenceLedger:
         state = self._decode(name, self._states.get(name))
         if state is None:
             return EntryState.anchored(now if anchor is None else anchor, term), True
+        if state.pending_corrupt:
+            state = self._rebuilt_pending(name, state)
         with self._unread_on_failure():
             if self._from_the_future(name, schedule, state, now):
                 return state.rebased(now, term), True
@@ -103,17 +119,12 @@ class OccurrenceLedger:
         record shows ``term`` and ``token``. Raises :class:`BackendUnavailable`."""
         expected = self._states.get(name)
         with self._unread_on_failure():
-            outcome = self._write(term, token, name, expected, new.encode())
-        if outcome is Claim.CLAIMED:
-            self._replaced = None if expected is None else (name, expected)
-        return outcome
+            return self._write(term, token, name, expected, new.encode())
 
-    def release(self, term: int, token: str, name: str) -> Claim:
-        """Put back the state the last claim on ``name`` replaced, after its send failed, so
-        the run is sent later. Raises :class:`BackendUnavailable`."""
-        assert self._replaced is not None and self._replaced[0] == name, "nothing to release"
-        previous, self._replaced = self._replaced[1], None
-        return self._write(term, token, name, self._states.get(name), previous)
+    @property
+    def election(self) -> str:
+        """The election whose schedule this is: it names every run's task id."""
+        return self.store.name
 
     def forget(self) -> None:
         """This process stopped leading: read again under its next term, refusals forgotten."""
@@ -180,6 +191,18 @@ class OccurrenceLedger:
         except CorruptState as exc:
             logger.warning("beat: stored state of %r is corrupt (%s); rebuilding it", name, exc)
             return None
+
+    def _rebuilt_pending(self, name: str, state: EntryState) -> EntryState:
+        occurrence = occurrence_id(name, state.last_due)
+        pending = PendingPublish(occurrence, task_id_for(self.election, occurrence), state.term)
+        logger.warning(
+            "beat: stored state of %r has a corrupt pending publish; rebuilt as %s (task id %s),"
+            " published again under that id (consumers run it at most once)",
+            name,
+            occurrence,
+            pending.task_id,
+        )
+        return replace(state, pending=pending, pending_corrupt=False)
 
     def _from_the_future(self, name: str, schedule: Any, state: EntryState, now: datetime) -> bool:
         """Whether ``state`` is due further ahead than ``schedule`` explains, by our clock and

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -48,6 +49,7 @@ __all__ = [
     "CorruptState",
     "EntryState",
     "Pending",
+    "PendingPublish",
     "PlannedRun",
     "ScheduleError",
     "ScheduleExhausted",
@@ -61,6 +63,7 @@ __all__ = [
     "plan",
     "plan_due",
     "send_headers",
+    "task_id_for",
     "to_micros",
 ]
 
@@ -73,7 +76,11 @@ SCAN_LIMIT = 10_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2
+#: Formats :meth:`EntryState.decode` reads: 1 (no pending publish) and 2.
+_READ_FORMATS = (1, 2)
+#: Namespace of the deterministic task ids of periodic runs (:func:`task_id_for`).
+TASK_ID_NAMESPACE = uuid.UUID("5c0d3a52-8f7e-4d0c-9a4b-6c1e2f3a4b5d")
 
 
 class ScheduleError(LeaderfeedError, ValueError):
@@ -112,6 +119,12 @@ def format_due(due: datetime) -> str:
 def occurrence_id(entry: str, due: datetime) -> str:
     """The id of ``entry``'s run due at ``due``; the same on every leader."""
     return f"{entry}@{format_due(due)}"
+
+
+def task_id_for(election: str, occurrence: str) -> str:
+    """The task id of every publish of ``occurrence`` in ``election``: the same on every leader
+    and every attempt, so a republish is the same Celery task."""
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{election}/{occurrence}"))
 
 
 def parse_occurrence_id(occurrence: str) -> tuple[str, datetime]:
@@ -333,6 +346,62 @@ def send_headers(
 
 
 @dataclass(frozen=True, slots=True)
+class PendingPublish:
+    """A run claimed but not yet confirmed as published (format 2's ``pending``).
+
+    The claim writes it with the state it advances; once the broker took the message, a second
+    fenced write clears it. Whoever leads later and finds it - the same leader after a failed
+    publish, or a successor after a crash - publishes it again under the same ``task_id``
+    before anything new of the entry, and consumers drop a duplicate (see ``celery.once``).
+    """
+
+    occurrence: str
+    task_id: str
+    #: Term of the leader that wrote it (claimed, or took it over).
+    term: int
+    #: Publish attempts begun for it, this one included.
+    attempt: int = 1
+    #: The entry's ``last_due`` before the claim: the run's coalesced ids are planned again
+    #: from it on a republish (None: not known, the republish lists none).
+    after: datetime | None = None
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "occurrence": self.occurrence,
+            "task_id": self.task_id,
+            "term": self.term,
+            "attempt": self.attempt,
+            "after": None if self.after is None else to_micros(self.after),
+        }
+
+    @classmethod
+    def decode(cls, data: Any) -> PendingPublish:
+        """Parse and validate ``pending``; raises :class:`CorruptState`."""
+        if not isinstance(data, dict):
+            raise CorruptState(f"pending must be an object, got {data!r:.80}")
+        occurrence, task_id = data.get("occurrence"), data.get("task_id")
+        if not isinstance(occurrence, str) or not isinstance(task_id, str):
+            raise CorruptState(f"pending needs string occurrence and task_id: {data!r:.80}")
+        try:
+            parse_occurrence_id(occurrence)
+            uuid.UUID(task_id)
+        except (ScheduleError, ValueError) as exc:
+            raise CorruptState(f"pending names no run: {data!r:.80}") from exc
+        for key, low in (("term", 1), ("attempt", 1)):
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise CorruptState(f"pending {key!r} must be an integer >= {low}, got {value!r}")
+        after = data.get("after")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise CorruptState(f"pending 'after' must be an integer or null, got {after!r}")
+        try:
+            after_due = None if after is None else from_micros(after)
+        except OverflowError as exc:
+            raise CorruptState(f"pending 'after' is out of range: {after!r}") from exc
+        return cls(occurrence, task_id, data["term"], data["attempt"], after_due)
+
+
+@dataclass(frozen=True, slots=True)
 class EntryState:
     """What the store keeps per schedule entry, as one JSON string.
 
@@ -349,6 +418,11 @@ class EntryState:
     skipped: int = 0
     #: Wall-clock time (epoch seconds) of the last send.
     sent_at: float | None = None
+    #: The run claimed and not yet confirmed as published (format 2).
+    pending: PendingPublish | None = None
+    #: Read from the store with a ``pending`` field that is not one this module wrote: the
+    #: ledger rebuilds it (never encoded).
+    pending_corrupt: bool = False
 
     @classmethod
     def anchored(cls, now: datetime, term: int) -> EntryState:
@@ -360,8 +434,24 @@ class EntryState:
         than its schedule explains (see :func:`beyond_schedule`)."""
         return replace(self, last_due=from_micros(to_micros(now)), term=term)
 
-    def after(self, run: PlannedRun, *, term: int, sent_at: float | None) -> EntryState:
-        """This state once ``run`` is handled by the leader of ``term``."""
+    def after(
+        self,
+        run: PlannedRun,
+        *,
+        term: int,
+        sent_at: float | None,
+        election: str | None = None,
+        entry: str | None = None,
+    ) -> EntryState:
+        """This state once ``run`` is claimed by the leader of ``term``. Given the ``election``
+        and ``entry`` names, a run that sends is pending (:class:`PendingPublish`, its task id
+        from :func:`task_id_for`) until :meth:`confirmed`."""
+        pending = None
+        if run.send is not None and election is not None and entry is not None:
+            occurrence = occurrence_id(entry, run.send)
+            pending = PendingPublish(
+                occurrence, task_id_for(election, occurrence), term, after=self.last_due
+            )
         return replace(
             self,
             last_due=run.advance_to,
@@ -369,7 +459,20 @@ class EntryState:
             runs=self.runs + (1 if run.send is not None else 0),
             skipped=self.skipped + run.skipped,
             sent_at=sent_at if run.send is not None else self.sent_at,
+            pending=pending,
+            pending_corrupt=False,
         )
+
+    def confirmed(self) -> EntryState:
+        """This state once its pending run is known to be published."""
+        return replace(self, pending=None, pending_corrupt=False)
+
+    def retaken(self, term: int) -> EntryState:
+        """This state with its pending run taken over by the leader of ``term`` for one more
+        publish attempt."""
+        assert self.pending is not None
+        pending = replace(self.pending, term=term, attempt=self.pending.attempt + 1)
+        return replace(self, term=term, pending=pending, pending_corrupt=False)
 
     def encode(self) -> str:
         return json.dumps(
@@ -380,6 +483,7 @@ class EntryState:
                 "runs": self.runs,
                 "skipped": self.skipped,
                 "sent_at": self.sent_at,
+                "pending": None if self.pending is None else self.pending.encode(),
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -392,8 +496,8 @@ class EntryState:
             data = json.loads(raw)
         except (TypeError, ValueError) as exc:
             raise CorruptState(f"not JSON: {raw[:80]!r}") from exc
-        if not isinstance(data, dict) or data.get("v") != _STATE_FORMAT:
-            raise CorruptState(f"not a format-{_STATE_FORMAT} entry state: {raw[:80]!r}")
+        if not isinstance(data, dict) or data.get("v") not in _READ_FORMATS:
+            raise CorruptState(f"not a format-1 or -2 entry state: {raw[:80]!r}")
         for key, low in (("due", 0), ("term", 1), ("runs", 0), ("skipped", 0)):
             value = data.get(key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -409,10 +513,18 @@ class EntryState:
             last_due = from_micros(data["due"])
         except OverflowError as exc:
             raise CorruptState(f"field 'due' is out of range: {data['due']!r}") from exc
+        pending, pending_corrupt = None, False
+        if data.get("pending") is not None:
+            try:
+                pending = PendingPublish.decode(data["pending"])
+            except CorruptState:
+                pending_corrupt = True  # the rest stands: the ledger rebuilds the pending run
         return cls(
             last_due=last_due,
             term=data["term"],
             runs=data["runs"],
             skipped=data["skipped"],
             sent_at=None if sent_at is None else float(sent_at),
+            pending=pending,
+            pending_corrupt=pending_corrupt,
         )

@@ -41,6 +41,10 @@ setting                            default               meaning
 ``leaderfeed_metrics_port``        ``None``              port of the Prometheus endpoint of a
                                                          worker or standalone beat (needs the
                                                          ``prometheus`` extra; see ``metrics``)
+``leaderfeed_dedup_window``        ``604800`` (7 days)   seconds a periodic run's once-only mark
+                                                         is kept (see ``celery.once``): a
+                                                         republished duplicate delivered later
+                                                         than this after the original runs again
 ================================== ===================== =========================================
 
 ``leaderfeed_backend``, when not set, is the first of: the broker URL if it is Redis (the first
@@ -125,6 +129,7 @@ DEFAULTS: dict[str, Any] = {
     "leaderfeed_beat_name": None,
     "leaderfeed_eager_policy": "error",
     "leaderfeed_metrics_port": None,
+    "leaderfeed_dedup_window": 7 * 24 * 3600.0,
 }
 
 
@@ -159,6 +164,8 @@ class LeaderfeedSettings:
     eager_policy: EagerPolicy = "error"
     #: TCP port of the Prometheus endpoint of a worker or standalone beat (None: none).
     metrics_port: int | None = None
+    #: Seconds a periodic run's once-only mark is kept (consumer-side deduplication).
+    dedup_window: float = 7 * 24 * 3600.0
 
     def __repr__(self) -> str:
         # Not the generated one: the backend's URL and options may hold a password.
@@ -437,6 +444,7 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
         queue=queue,
         eager_policy=eager_policy(app, given),
         metrics_port=_port("leaderfeed_metrics_port", get("leaderfeed_metrics_port")),
+        dedup_window=_number("leaderfeed_dedup_window", get("leaderfeed_dedup_window")),
     )
 
 

@@ -66,6 +66,8 @@ def pulse(self: Any) -> None:
         "term": header("leaderfeed_term"),
         "sender": header("leaderfeed_sender"),
         "sent_at": header("leaderfeed_sent_at"),
+        "republished": header("leaderfeed_republished"),
+        "task_id": self.request.id,
         "host": self.request.hostname,
         "at": time.time(),
     }

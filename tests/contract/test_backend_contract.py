@@ -421,3 +421,137 @@ def test_engine_elect_transfers_leadership_to_the_named_member(kit: BackendKit) 
     finally:
         for feed in feeds:
             feed.stop()
+
+
+# -- once-only marks ---------------------------------------------------------------------------
+
+#: Keys and values as the consumer side makes them (entry names are the user's) and worse.
+ODD_TEXT = (
+    "",
+    "entry/with spaces@2026-12-05T11:00:00+00:00#1",
+    "{braces} [x] * ? % $field .dot \\ ' \" ; -- DROP TABLE",
+    "ünïcødé ✓ 😀 \t\n\r",
+    "x" * 1000,
+)
+
+
+def fresh_key() -> str:
+    return f"occ-{uuid.uuid4().hex}"
+
+
+def test_mark_once_first_mark_wins_and_later_marks_see_its_value(kit: BackendKit) -> None:
+    backend, other = kit.connected(), kit.connected()
+    key = fresh_key()
+    assert backend.mark_once(key, "first", 60) is None
+    assert backend.mark_once(key, "second", 60) == "first"
+    assert other.mark_once(key, "third", 60) == "first"  # another connection, same election
+    assert other.mark_once(fresh_key(), "third", 60) is None  # marks are per key
+    assert backend.mark_once(key, "fourth", 0.001) == "first"  # a short ttl changes nothing
+
+
+def test_concurrent_marks_have_exactly_one_winner_per_key(kit: BackendKit) -> None:
+    threads, keys = 8, [fresh_key() for _ in range(50)]
+    backends = [kit.connected() for _ in range(threads)]
+    barrier = threading.Barrier(threads)
+    replies: dict[int, list[str | None]] = {}
+    errors: list[BaseException] = []
+
+    def mark_all(index: int) -> None:
+        try:
+            barrier.wait(10)
+            # Every thread walks the keys in its own order, so they meet on every key.
+            order = keys[index:] + keys[:index]
+            got = {k: backends[index].mark_once(k, f"v{index}", 60) for k in order}
+            replies[index] = [got[k] for k in keys]
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=mark_all, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert errors == []
+    assert len(replies) == threads
+    for position, key in enumerate(keys):
+        seen = {index: replies[index][position] for index in range(threads)}
+        winners = [index for index, reply in seen.items() if reply is None]
+        assert len(winners) == 1, f"{key}: {seen}"
+        assert all(reply == f"v{winners[0]}" for reply in seen.values() if reply is not None)
+
+
+def test_marks_expire_by_the_store_clock(kit: BackendKit) -> None:
+    backend = kit.connected()
+    key, lasting = fresh_key(), fresh_key()
+    marked_at = time.monotonic()
+    assert backend.mark_once(key, "short", 0.5) is None
+    assert backend.mark_once(lasting, "long", 60) is None
+    held = backend.mark_once(key, "early", 60)
+    if time.monotonic() - marked_at < 0.4:  # asked well within the ttl: still held
+        assert held == "short"
+    # Expired: the next mark sets it again, and its value is what later marks see.
+    wait_until(lambda: backend.mark_once(key, "again", 60) is None, 10, message="expiry")
+    assert time.monotonic() - marked_at >= 0.3  # not before its time (allowing clock steps)
+    assert backend.mark_once(key, "later", 60) == "again"
+    assert backend.mark_once(lasting, "other", 60) == "long"
+
+
+def test_marks_of_different_elections_are_separate(kit: BackendKit) -> None:
+    mine = kit.connected()
+    other = kit.connected(f"other-{uuid.uuid4().hex[:8]}")
+    key = fresh_key()
+    assert mine.mark_once(key, "mine", 60) is None
+    assert other.mark_once(key, "theirs", 60) is None
+    assert mine.mark_once(key, "x", 60) == "mine"
+    assert other.mark_once(key, "x", 60) == "theirs"
+
+
+def test_marks_keep_unusual_keys_and_values_exactly(kit: BackendKit) -> None:
+    backend = kit.connected()
+    salt = uuid.uuid4().hex
+    for index, text in enumerate(ODD_TEXT):
+        key = text + salt  # distinct keys, each with the odd text in it
+        assert backend.mark_once(key, text, 60) is None, index
+        assert backend.mark_once(key, "other", 60) == text, index
+    # Keys that differ only in what a store might normalise, escape or truncate stay apart.
+    base = "x" * 1000 + salt
+    assert backend.mark_once(base + "a", "a", 60) is None
+    assert backend.mark_once(base + "b", "b", 60) is None
+    assert backend.mark_once("A" + salt, "upper", 60) is None
+    assert backend.mark_once("a" + salt, "lower", 60) is None
+    assert backend.mark_once("a." + salt, "dot", 60) is None
+    assert backend.mark_once("a%2E" + salt, "escaped dot", 60) is None
+
+
+def test_mark_once_rejects_a_ttl_that_is_not_positive(kit: BackendKit) -> None:
+    backend = kit.connected()
+    for ttl in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="ttl"):
+            backend.mark_once(fresh_key(), "v", ttl)
+
+
+def test_mark_once_refuses_nul_in_keys_and_values_on_every_backend(kit: BackendKit) -> None:
+    """PostgreSQL text cannot hold NUL; the API refuses it everywhere, so code moves freely."""
+    backend = kit.connected()
+    for key, value in (("a\x00b", "v"), (fresh_key(), "v\x00")):
+        with pytest.raises(ValueError, match="NUL"):
+            backend.mark_once(key, value, 60)
+
+
+def test_mark_once_on_an_unreachable_store_raises_backend_unavailable(kit: BackendKit) -> None:
+    if not kit.unreachable_url:
+        assert kit.id == "memory"  # only the in-process store has no address to miss
+        return
+    url = kit.unreachable_url.replace("://", "://user:hunter2-secret@", 1)
+    kit.url, saved = url, kit.url
+    try:
+        backend = kit.backend(timeout=0.5)
+    finally:
+        kit.url = saved
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as raised:
+        backend.connect()
+    with pytest.raises(BackendUnavailable) as raised:
+        backend.mark_once(fresh_key(), "v", 60)
+    assert time.monotonic() - started < 10
+    assert "hunter2-secret" not in str(raised.value)

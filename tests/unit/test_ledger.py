@@ -12,7 +12,7 @@ from celery.schedules import schedule
 
 from celery_leaderfeed.backends.memory import MemoryBackend, memory_store
 from celery_leaderfeed.celery.ledger import Claim, OccurrenceLedger
-from celery_leaderfeed.celery.occurrences import EntryState
+from celery_leaderfeed.celery.occurrences import EntryState, PlannedRun, task_id_for
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -79,7 +79,7 @@ def test_a_refused_claim_is_counted_and_the_states_are_read_again(
     assert ledger.refusals == 0
 
 
-def test_release_puts_back_the_state_the_claim_replaced(
+def test_a_claim_holds_its_run_pending_until_a_second_write_confirms_it(
     store: Store, every_second: schedule
 ) -> None:
     term, token = leader(store)
@@ -87,12 +87,33 @@ def test_release_puts_back_the_state_the_claim_replaced(
     ledger.read(term, token)
     anchored, _ = ledger.state("tick", every_second, T0, term=term)
     assert ledger.claim(term, token, "tick", anchored) is Claim.CLAIMED
-    before = store.read_entries()["tick"]
-    advanced = EntryState(last_due=T0 + timedelta(seconds=1), term=term, runs=1)
-    assert ledger.claim(term, token, "tick", advanced) is Claim.CLAIMED
-    assert ledger.release(term, token, "tick") is Claim.CLAIMED
-    assert store.read_entries()["tick"] == before
-    assert ledger.state("tick", every_second, T0, term=term) == (anchored, False)
+    due = T0 + timedelta(seconds=1)
+    run = PlannedRun(advance_to=due, send=due)
+    claimed = anchored.after(run, term=term, sent_at=1.0, election=ledger.election, entry="tick")
+    assert claimed.pending is not None
+    assert claimed.pending.task_id == task_id_for(store.name, "tick@2024-05-01T12:00:01.000000Z")
+    assert ledger.claim(term, token, "tick", claimed) is Claim.CLAIMED
+    assert EntryState.decode(store.read_entries()["tick"]).pending == claimed.pending
+    assert ledger.claim(term, token, "tick", claimed.confirmed()) is Claim.CLAIMED
+    assert EntryState.decode(store.read_entries()["tick"]).pending is None
+
+
+def test_a_corrupt_pending_record_alone_is_rebuilt_from_last_due(
+    store: Store, every_second: schedule, caplog: pytest.LogCaptureFixture
+) -> None:
+    term, token = leader(store)
+    state = EntryState(last_due=T0, term=term, runs=4)
+    raw = state.encode().replace('"pending":null', '"pending":{"occurrence":7}')
+    assert store.write_entry(term, token, "tick", None, raw)
+    ledger = OccurrenceLedger(store, lambda: T0)
+    ledger.read(term, token)
+    with caplog.at_level(logging.WARNING, logger="celery_leaderfeed.beat"):
+        rebuilt, must_claim = ledger.state("tick", every_second, T0, term=term)
+    assert not must_claim and rebuilt.runs == 4 and rebuilt.last_due == T0
+    assert rebuilt.pending is not None
+    assert rebuilt.pending.occurrence == "tick@2024-05-01T12:00:00.000000Z"
+    assert rebuilt.pending.task_id == task_id_for(store.name, rebuilt.pending.occurrence)
+    assert "corrupt pending publish" in caplog.text
 
 
 def test_corrupt_and_future_states_are_rebuilt_with_a_warning(

@@ -1,8 +1,16 @@
-"""``MongoBackend``: the record as one document, changed by filtered ``find_one_and_update``."""
+"""``MongoBackend``: the record as one document, changed by filtered ``find_one_and_update``.
+
+Once-only marks live in ``<collection>_marks``, one document per mark with ``_id``
+``NAME/KEY`` (election names have no ``/``), its ``value`` and ``expires_at``, a date from the
+server's clock under a TTL index. The TTL monitor deletes expired marks only every 60 s or so,
+so a mark whose ``expires_at`` has passed counts as absent and is replaced in the same atomic
+``find_one_and_update`` that would have inserted it.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -27,10 +35,12 @@ from ...urls import url_error, url_scheme, without_userinfo
 from ..base import Backend, Refusal, Subscription
 from ..transitions import CLOCK_LAG_MS
 from .documents import (
+    MARK_TTL_INDEX,
     NAMESPACE_EXISTS,
     NEXT_VERSION,
     NOTIFY_MODES,
     NOW,
+    NOW_MS,
     VALID_RECORD,
     Doc,
     count_option,
@@ -60,7 +70,7 @@ class MongoBackend(Backend):
     Options: ``database`` (default: the URL's, else ``"leaderfeed"``), ``collection``
     (``"leaderfeed"``), ``notify`` (``"auto"``, ``"changestream"`` or ``"capped"``), and for
     capped mode ``capped_collection`` (``"<collection>_events"``), ``collection_size_bytes``
-    (100000) and ``collection_max_docs`` (20).
+    (100000) and ``collection_max_docs`` (20). Once-only marks go to ``<collection>_marks``.
     """
 
     schemes = ("mongodb", "mongodb+srv")
@@ -88,6 +98,7 @@ class MongoBackend(Backend):
         self._client: MongoClient[Doc] | None = None
         self._records: Collection[Doc] | None = None
         self._events: Collection[Doc] | None = None
+        self._marks: Collection[Doc] | None = None
 
     def _refusal(self, exc: BaseException, operation: str) -> Refusal | None:
         del operation
@@ -171,11 +182,16 @@ class MongoBackend(Backend):
         )
         self._records = database[self.collection_name]
         self._events = database[self.capped_name]
+        self._marks = database[f"{self.collection_name}_marks"]
 
     def _create(self) -> None:
         records, events = self._collections()
         with self._deadline():
             self._ensure_collection(records)
+            marks = self._marks_collection()
+            self._ensure_collection(marks)
+            # Idempotent: members that race create the same index.
+            marks.create_index("expires_at", expireAfterSeconds=0, name=MARK_TTL_INDEX)
             if self.mode == "capped":
                 self.ensure_capped(events)
 
@@ -211,7 +227,7 @@ class MongoBackend(Backend):
 
     def _close(self) -> None:
         client, self._client = self._client, None
-        self._records = self._events = None
+        self._records = self._events = self._marks = None
         if client is not None:
             client.close()
 
@@ -336,6 +352,41 @@ class MongoBackend(Backend):
         where = {"_id": self.name, **self._holding(term, token), field: stored}
         with self._deadline():
             return records.update_one(where, {"$set": {field: new}}).matched_count == 1
+
+    # -- once-only marks -------------------------------------------------------------------------
+
+    def _marks_collection(self) -> Collection[Doc]:
+        if self._marks is None:
+            raise BackendUnavailable(f"{self!r} is not connected")
+        return self._marks
+
+    def _mark_once(self, key: str, value: str, ttl: float) -> str | None:
+        marks = self._marks_collection()
+        mark_id = f"{self.name}/{key}"
+        # Dates compared as milliseconds ($toLong): SecantusDB compares dates with $$NOW
+        # wrongly, and this is MongoDB's documented conversion. A missing or foreign
+        # expires_at gives null, which sorts below every number: such a mark counts as absent.
+        expired = {"$expr": {"$lte": [{"$toLong": "$expires_at"}, NOW_MS]}}
+        held = {"$expr": {"$gt": [{"$toLong": "$expires_at"}, NOW_MS]}}
+        expires_at = {"$toDate": {"$add": [NOW_MS, max(1, math.ceil(ttl * 1000))]}}
+        update = set_fields(value=literal(value), expires_at=expires_at)
+        with self._deadline():
+            while True:  # bounded by the deadline
+                try:
+                    # Replaces an expired mark, or (matching nothing) inserts a new one - or
+                    # hits the duplicate key of a mark that is still held.
+                    marks.find_one_and_update(
+                        {"_id": mark_id, **expired}, update, upsert=True, projection={"_id": 1}
+                    )
+                except DuplicateKeyError:
+                    pass
+                else:
+                    return None
+                found = marks.find_one({"_id": mark_id, **held}, projection={"value": 1})
+                if found is not None:
+                    stored = found.get("value")
+                    return stored if isinstance(stored, str) else str(stored)
+                # It expired (or the TTL monitor deleted it) since: mark again.
 
     # -- the feed ------------------------------------------------------------------------------
 

@@ -21,11 +21,14 @@ RECORD_FIELDS = ("format", "holder", "token", "term", "version", "nominee", "ren
 NOTIFY_MODES = ("auto", "changestream", "capped")
 # The server's clock in float seconds. $toLong is MongoDB's documented Date -> milliseconds
 # and sidesteps date comparison and $subtract, which SecantusDB gets wrong.
-NOW = {"$divide": [{"$toLong": "$$NOW"}, 1000]}
+NOW_MS = {"$toLong": "$$NOW"}
+NOW = {"$divide": [NOW_MS, 1000]}
 NEXT_VERSION = {"$toLong": {"$add": ["$version", 1]}}
 # One getMore waits at most this long; poll() strings several together within its timeout.
 AWAIT_SECONDS = 0.1
 NAMESPACE_EXISTS = 48
+#: The TTL index of the marks collection.
+MARK_TTL_INDEX = "leaderfeed_mark_expiry"
 _INF = float("inf")
 _KEY_ESCAPES = re.compile(r"[%.$\x00]")
 

@@ -3,7 +3,8 @@
 The record of election ``NAME`` is the row ``name = NAME`` of table ``table`` (option, default
 ``leaderfeed``) in schema ``schema`` (option, default ``public``): columns ``format, holder,
 token, term, version, nominee, renewed_at, history``. Schedule entries are rows ``(name,
-entry, state)`` of ``<table>_schedule``. ``create()`` makes whatever is missing under a
+entry, state)`` of ``<table>_schedule``, once-only marks rows ``(name, key, value,
+expires_at)`` of ``<table>_marks``. ``create()`` makes whatever is missing under a
 transaction-scoped advisory lock (so members starting at once never race on the catalog) and
 refuses an existing table with another layout with a ``ConfigurationError`` naming it; a table
 dropped later is made again by the next call.

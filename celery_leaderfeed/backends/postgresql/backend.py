@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,10 @@ __all__ = ["PostgresBackend"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds between two sweeps of expired marks by one member, and the most one sweep deletes.
+MARK_SWEEP_INTERVAL = 60.0
+MARK_SWEEP_LIMIT = 1000
+
 
 class PostgresBackend(Backend):
     """Backend for ``postgresql://[user[:password]@][host][:port][/database][?param=value]``,
@@ -42,7 +47,8 @@ class PostgresBackend(Backend):
     ``sslmode``, ``host=/run/postgresql`` for a socket).
 
     Options: ``schema`` (default ``"public"``; created if missing) and ``table`` (default
-    ``"leaderfeed"``); schedule state goes to ``<table>_schedule`` in the same schema.
+    ``"leaderfeed"``); schedule state goes to ``<table>_schedule`` and once-only marks to
+    ``<table>_marks`` in the same schema.
     """
 
     schemes = (*SCHEMES, *DB_SCHEMES)
@@ -78,6 +84,7 @@ class PostgresBackend(Backend):
         self._closed = False
         self._may_create = False
         self._warned_foreign = False
+        self._next_sweep = time.monotonic() + MARK_SWEEP_INTERVAL
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -104,20 +111,21 @@ class PostgresBackend(Backend):
                 logger.debug("error closing a PostgreSQL connection", exc_info=True)
 
     def _execute(
-        self, statement: sql.Composed, params: Mapping[str, Any] | None = None
+        self, statement: sql.Composed, params: Mapping[str, Any] | None = None, *, rows: bool = True
     ) -> list[tuple[Any, ...]]:
         """Run one statement on the shared connection; re-make lost tables once."""
         with self._lock:
             conn = self._connection()
             try:
                 try:
-                    return conn.execute(statement, params).fetchall()
+                    cursor = conn.execute(statement, params)
                 except pg_errors.UndefinedTable:
                     if not self._may_create:
                         raise
-                # Dropped (or restored without it) since create(): make it again, once.
-                self._make_tables(conn)
-                return conn.execute(statement, params).fetchall()
+                    # Dropped (or restored without it) since create(): make it again, once.
+                    self._make_tables(conn)
+                    cursor = conn.execute(statement, params)
+                return cursor.fetchall() if rows else []
             except psycopg.OperationalError:
                 self._drop()  # a late reply must never meet the next statement
                 raise
@@ -133,7 +141,7 @@ class PostgresBackend(Backend):
             user=str(user),
             database=self.database,
             schema=self.schema,
-            tables=(names.records_name, names.schedule_name),
+            tables=(names.records_name, names.schedule_name, names.marks_name),
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -156,15 +164,16 @@ class PostgresBackend(Backend):
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [CREATE_LOCK])
             found = conn.execute(
-                "SELECT to_regnamespace(%s), to_regclass(%s), to_regclass(%s)",
+                "SELECT to_regnamespace(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s)",
                 [
                     names.schema.as_string(conn),
                     names.records.as_string(conn),
                     names.schedule.as_string(conn),
+                    names.marks.as_string(conn),
                 ],
             ).fetchone()
             assert found is not None
-            has_schema, has_records, has_schedule = found
+            has_schema, has_records, has_schedule, has_marks = found
             # Only what is missing: creating (even IF NOT EXISTS) needs the CREATE privilege.
             if has_schema is None:
                 conn.execute(names.create_schema)
@@ -172,9 +181,13 @@ class PostgresBackend(Backend):
                 conn.execute(names.create_records)
             if has_schedule is None:
                 conn.execute(names.create_schedule)
+            if has_marks is None:
+                conn.execute(names.create_marks)
+                conn.execute(names.index_marks)
         for probe, table in (
             (names.check_records, names.records_name),
             (names.check_schedule, names.schedule_name),
+            (names.check_marks, names.marks_name),
         ):
             try:
                 conn.execute(probe)
@@ -279,6 +292,36 @@ class PostgresBackend(Backend):
             },
         )
         return bool(rows[0][0])
+
+    # -- once-only marks -----------------------------------------------------------------------
+
+    def _mark_once(self, key: str, value: str, ttl: float) -> str | None:
+        if "\x00" in key or "\x00" in value:  # psycopg's error would read as an outage
+            raise ValueError("a mark's key and value cannot hold NUL in PostgreSQL text")
+        params = {"name": self.name, "key": key, "value": value, "ttl": ttl}
+        deadline = time.monotonic() + self.timeout
+        while True:
+            wrote, held = self._execute(self.statements.mark_once, params)[0]
+            if not wrote and held is None:  # refused by a mark newer than our snapshot
+                rows = self._execute(self.statements.held_mark, params)
+                held = rows[0][0] if rows else None
+            if wrote or held is not None:
+                break
+            # The mark that refused ours has expired since (or was swept): mark again.
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(f"mark once: {self.display_url} kept no mark of {key!r}")
+        self._sweep_marks()
+        return None if wrote else str(held)
+
+    def _sweep_marks(self) -> None:
+        """Delete expired marks, bounded, at most every MARK_SWEEP_INTERVAL seconds."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + MARK_SWEEP_INTERVAL
+        try:
+            self._execute(self.statements.sweep_marks, {"limit": MARK_SWEEP_LIMIT}, rows=False)
+        except psycopg.Error as exc:  # the mark itself was made; the next sweep retries
+            logger.debug("leaderfeed %r: sweeping expired marks failed: %s", self.name, exc)
 
     # -- the feed ------------------------------------------------------------------------------
 

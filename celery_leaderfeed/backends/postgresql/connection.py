@@ -95,7 +95,7 @@ def connect(conninfo: str, *, name: str, timeout: float) -> psycopg.Connection[A
 
 
 def refusal_of(
-    exc: BaseException, *, user: str, database: str, schema: str, tables: tuple[str, str]
+    exc: BaseException, *, user: str, database: str, schema: str, tables: tuple[str, ...]
 ) -> Refusal | None:
     """What retrying cannot fix in ``exc``, for an operator; None for what may heal."""
     where = f"database {database!r}"
@@ -122,11 +122,12 @@ def refusal_of(
         return Refusal(
             f"user {user!r} lacks a privilege leaderfeed needs in {where}",
             f"grant it USAGE (and CREATE, to make them) on schema {schema!r} and "
-            f"SELECT, INSERT, UPDATE on {tables[0]} and {tables[1]}",
+            f"SELECT, INSERT, UPDATE on {', '.join(tables[:-1])} and SELECT, INSERT, UPDATE, "
+            f"DELETE on {tables[-1]} (the marks)",
         )
     if isinstance(exc, pg_errors.UndefinedColumn | pg_errors.InvalidColumnReference):
         return Refusal(
-            f"table {tables[0]} or {tables[1]} has another layout than leaderfeed's",
+            f"table {' or '.join(tables)} has another layout than leaderfeed's",
             "drop it or name another table with the 'table' option",
         )
     return None  # e.g. a read-only standby: it may be promoted, the URL may move on

@@ -19,6 +19,11 @@ Every write is a ``WITH`` query that, in one statement and so in one transaction
 
 The reply row carries what was found (``seen``) and what was written (``written``), so a
 refused write reports the record that refused it.
+
+Once-only marks are rows of ``<table>_marks`` keyed by ``(name, key)``, with an expiry from the
+server's clock. :attr:`Statements.mark_once` is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE
+expired``: it inserts a new mark, replaces an expired one, or leaves a held one alone; an index
+on ``expires_at`` serves the bounded sweep of expired rows (:attr:`Statements.sweep_marks`).
 """
 
 # The statements are assembled from this module's constants only; names come in through
@@ -31,7 +36,7 @@ from psycopg import sql
 
 from ..transitions import CLOCK_LAG_MS
 
-__all__ = ["RECORD_COLUMNS", "SCHEDULE_COLUMNS", "Statements"]
+__all__ = ["MARK_COLUMNS", "RECORD_COLUMNS", "SCHEDULE_COLUMNS", "Statements"]
 
 #: The record table's columns, as created (and as checked on a table that already exists).
 RECORD_COLUMNS = (
@@ -39,6 +44,8 @@ RECORD_COLUMNS = (
 )  # fmt: skip
 #: The schedule table's columns.
 SCHEDULE_COLUMNS = ("name", "entry", "state")
+#: The marks table's columns.
+MARK_COLUMNS = ("name", "key", "value", "expires_at")
 
 _FORMAT = "leaderfeed/1"
 
@@ -100,6 +107,8 @@ class Statements:
         self.schedule = sql.Identifier(schema, f"{table}_schedule")
         self.records_name = f"{schema}.{table}"
         self.schedule_name = f"{schema}.{table}_schedule"
+        self.marks = sql.Identifier(schema, f"{table}_marks")
+        self.marks_name = f"{schema}.{table}_marks"
 
         self.create_schema = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self.schema)
         self.create_records = sql.SQL(
@@ -113,6 +122,14 @@ class Statements:
         ).format(self.schedule)
         self.check_records = self._probe(self.records, RECORD_COLUMNS)
         self.check_schedule = self._probe(self.schedule, SCHEDULE_COLUMNS)
+        self.create_marks = sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (name text NOT NULL, key text NOT NULL, "
+            "value text NOT NULL, expires_at timestamptz NOT NULL, PRIMARY KEY (name, key))"
+        ).format(self.marks)
+        # Made with its table (under the creation lock), so it needs no name of our own.
+        self.index_marks = sql.SQL("CREATE INDEX ON {} (expires_at)").format(self.marks)
+        self.check_marks = self._probe(self.marks, MARK_COLUMNS)
+        self.mark_once, self.held_mark, self.sweep_marks = self._marks()
 
         self.read = self._query(lock=False)
         self.claim = self._write(
@@ -188,6 +205,35 @@ class Statements:
             written = "written AS (SELECT * FROM upd),\n"
         changes = written + f"sent AS (SELECT pg_notify(%(channel)s, {_PAYLOAD}) FROM written w)"
         return self._query(lock=True, body=body, changes=changes)
+
+    def _marks(self) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+        # The reply: whether this statement wrote the mark, and the value held - NULL when the
+        # statement's snapshot does not show the mark that refused it (one committed after the
+        # snapshot was taken, which ON CONFLICT still waits for and sees): then ``held_mark``
+        # reads it in a new snapshot.
+        mark_once = """WITH ins AS (
+  INSERT INTO {marks} AS m (name, key, value, expires_at)
+  VALUES (%(name)s, %(key)s, %(value)s,
+          clock_timestamp() + %(ttl)s::double precision * interval '1 second')
+  ON CONFLICT (name, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+  WHERE m.expires_at <= clock_timestamp()
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins),
+       (SELECT value FROM {marks}
+        WHERE name = %(name)s AND key = %(key)s AND expires_at > clock_timestamp())"""
+        held_mark = """SELECT value FROM {marks}
+WHERE name = %(name)s AND key = %(key)s AND expires_at > clock_timestamp()"""
+        # Any election's expired marks, at most %(limit)s, skipping rows a mark is replacing.
+        sweep = """DELETE FROM {marks} WHERE (name, key) IN (
+  SELECT name, key FROM {marks} WHERE expires_at <= clock_timestamp()
+  LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)"""
+        return (
+            sql.SQL(mark_once).format(marks=self.marks),
+            sql.SQL(held_mark).format(marks=self.marks),
+            sql.SQL(sweep).format(marks=self.marks),
+        )
 
     def _write_entry(self) -> sql.Composed:
         # The record row is locked FOR SHARE: a claim replacing the term waits for this write

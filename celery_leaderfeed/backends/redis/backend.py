@@ -14,16 +14,21 @@ failover too. A record stamped with another history is *suspect* (``Observation.
 may be an earlier state than the one members acted on, so only a claim may replace it, and that
 claim is acted on one election timeout later.
 
-``wait_replicas=N`` sends ``WAIT N`` right after each write, pipelined on the same connection
-(``WAIT`` counts the replicas that have this connection's writes), and reports a write that
-fewer than N replicas acknowledged within half the operation timeout as a failure
-(``BackendUnavailable``): the member does not act on it, and the write is announced on the
-channel only once acknowledged. See README, "Redis in production", for what that does and does
-not guarantee.
+Once-only marks are string keys ``leaderfeed:{NAME}:mark:KEY`` (the election's hash slot
+whatever the key holds: the first ``{...}`` is the tag), set by one script with ``PX`` so that
+Redis expires them by its own clock.
+
+``wait_replicas=N`` sends ``WAIT N`` right after each write (a new mark included), pipelined
+on the same connection (``WAIT`` counts the replicas that have this connection's writes), and
+reports a write that fewer than N replicas acknowledged within half the operation timeout as
+a failure (``BackendUnavailable``): the member does not act on it, and the write is announced
+on the channel only once acknowledged. See README, "Redis in production", for what that does
+and does not guarantee.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 from collections.abc import Iterator, Mapping
@@ -131,7 +136,10 @@ class RedisBackend(Backend):
         self.record_key = f"{base}:leader"
         self.schedule_key = f"{base}:schedule"
         self.channel = f"{base}:events"
-        slots = {key_slot(key.encode()) for key in (self.record_key, self.schedule_key)}
+        #: Once-only marks: one string key each, this prefix and the mark's key.
+        self.mark_prefix = f"{base}:mark:"
+        keys = (self.record_key, self.schedule_key, self.mark_prefix)
+        slots = {key_slot(key.encode()) for key in keys}
         if len(slots | {key_slot(self.channel.encode())}) > 1:
             raise ConfigurationError(
                 f"option 'key_prefix' {prefix!r}: its braces make the election's keys fall in "
@@ -276,11 +284,12 @@ class RedisBackend(Backend):
         if found.startswith(_TRANSIENT_CODES):
             return None
         if "WRONGTYPE" in found:
-            key, kind = (
-                (self.schedule_key, "a hash")
-                if "schedule" in operation
-                else (self.record_key, "a string")
-            )
+            if "schedule" in operation:
+                key, kind = self.schedule_key, "a hash"
+            elif "mark" in operation:
+                key, kind = f"{self.mark_prefix}...", "a string"
+            else:
+                key, kind = self.record_key, "a string"
             return Refusal(
                 f"key {key!r} holds another type of value than leaderfeed keeps there ({kind})",
                 "delete that key (it holds only leaderfeed's state) or give this election "
@@ -360,13 +369,20 @@ class RedisBackend(Backend):
     def _read(self) -> Observation:
         return self._run("read", keys=[self.record_key]).observation
 
+    def _script(self, name: str) -> Any:
+        """The registered script ``name``; none before a connect succeeded."""
+        script = self._scripts.get(name)
+        if script is None:
+            raise BackendUnavailable(f"{self!r} is not connected")
+        return script
+
     def _run(self, script: str, keys: list[str], args: tuple[object, ...] = ()) -> WriteResult:
         # ``doubt``: whether the record the script found was suspect. A write that went ahead
         # replaced it (only a claim may) and stored a record of the current history.
         if self.wait_replicas and script != "read":
             reply = self._acknowledged(script, keys, args)
         else:
-            reply = self._scripts[script](keys=keys, args=list(args))
+            reply = self._script(script)(keys=keys, args=list(args))
         ok, raw, store_time, doubt = reply
         store_clock = float(text(store_time) or "nan")
         if ok:
@@ -380,17 +396,21 @@ class RedisBackend(Backend):
         target = self.feed_client()  # on a Cluster, the node that owns the keys
         wait_ms = max(1, int(self.timeout * 500))
         pipe = target.pipeline(transaction=False)
-        self._scripts[script](keys=keys, args=list(args), client=pipe)
+        self._script(script)(keys=keys, args=list(args), client=pipe)
         cast(Any, pipe).execute_command("WAIT", self.wait_replicas, wait_ms)
         reply, acknowledged = pipe.execute()
-        written = reply if script == "write_entry" else reply[0]
+        if script == "mark_once":
+            # nil: this call set the mark; its own value: it wrote it again (a retry)
+            written = reply is None or text(reply) == args[0]
+        else:
+            written = reply if script == "write_entry" else reply[0]
         if written and int(acknowledged) < self.wait_replicas:
             raise BackendUnavailable(
                 f"{script}: the write reached the master but {acknowledged} of "
                 f"{self.wait_replicas} replica(s) acknowledged it within {wait_ms} ms "
                 f"(wait_replicas); not acted on"
             )
-        if written and script != "write_entry":
+        if written and script not in ("write_entry", "mark_once"):
             command = "SPUBLISH" if self.sharded else "PUBLISH"
             cast(Any, target).execute_command(command, self.channel, reply[1])
         return reply
@@ -444,7 +464,20 @@ class RedisBackend(Backend):
         args = (term, token, entry, has_expected, expected or "", new)
         if self.wait_replicas:
             return bool(self._acknowledged("write_entry", keys, args))
-        return bool(self._scripts["write_entry"](keys=keys, args=list(args)))
+        return bool(self._script("write_entry")(keys=keys, args=list(args)))
+
+    # -- once-only marks -----------------------------------------------------------------------
+
+    def _mark_once(self, key: str, value: str, ttl: float) -> str | None:
+        # One string key per mark, expired by Redis itself (PX), in the election's hash slot.
+        self.follow_master()
+        keys = [self.mark_prefix + key]
+        args = (value, max(1, math.ceil(ttl * 1000)))
+        if self.wait_replicas:
+            held = self._acknowledged("mark_once", keys, args)
+        else:
+            held = self._script("mark_once")(keys=keys, args=list(args))
+        return text(held)
 
     # -- the feed ------------------------------------------------------------------------------
 

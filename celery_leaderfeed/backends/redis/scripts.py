@@ -184,6 +184,25 @@ return 1
 """
 )
 
+# KEYS[1] the mark; ARGV value, time to live in ms. Set the mark unless it is set (Redis
+# expires it by its own clock). -> nil when this call set it, else the value already there.
+# GET then SET ... NX PX, not SET ... NX GET: that needs Redis >= 7 and the backend needs 5.
+# A mark that already holds ARGV's own value (a retry after a lost reply, or after a write the
+# replicas did not acknowledge) is written again with its time to live unchanged, so that a WAIT
+# after the script covers it: without that write a retry would pass unacknowledged.
+_MARK_ONCE = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  if held == ARGV[1] then
+    local left = redis.call('PTTL', KEYS[1])
+    if left > 0 then redis.call('PEXPIRE', KEYS[1], left) end
+  end
+  return held
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
+return false
+"""
+
 
 _PUBLISHED = "  redis.call('PUBLISH', channel, raw)\n"
 _SOURCES = {
@@ -193,6 +212,7 @@ _SOURCES = {
     "resign": _RESIGN,
     "nominate": _NOMINATE,
     "write_entry": _WRITE_ENTRY,
+    "mark_once": _MARK_ONCE,
 }
 
 

@@ -1,8 +1,19 @@
-"""``RethinkBackend``: the record as one document, changed by a conditional ``replace``."""
+"""``RethinkBackend``: the record as one document, changed by a conditional ``replace``.
+
+Once-only marks live in the table ``<table>_marks``, one document per mark: ``id`` a SHA-256
+of ``NAME/KEY`` (a primary key holds at most 127 characters; election names have no ``/``),
+``value`` and ``expires_at`` (epoch seconds from ``r.now()``). One ``insert`` whose conflict
+function keeps a mark that has not expired and replaces one that has. RethinkDB has no TTL:
+expired marks stay until replaced, and each member deletes expired ones (any election's, at
+most :data:`MARK_SWEEP_LIMIT` at a time) at most once every :data:`MARK_SWEEP_INTERVAL`
+seconds, after a mark.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,13 +54,19 @@ from .queries import (
     field,
     holds,
     is_record,
+    mark_held,
     observation_of,
     version_of,
 )
 
 __all__ = ["RethinkBackend"]
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
+#: Seconds between two sweeps of expired marks by one member, and the most one sweep deletes.
+MARK_SWEEP_INTERVAL = 60.0
+MARK_SWEEP_LIMIT = 1000
 #: ReqlOpFailedError's words for a database or table the server lacks.
 MISSING = "does not exist"
 
@@ -78,9 +95,13 @@ class RethinkBackend(Backend):
         self._conn: Any = None
         self._closed = False
         self._may_create = False  # set by create(): re-make what the server lost
+        self._next_sweep = time.monotonic() + MARK_SWEEP_INTERVAL
 
     def table_query(self) -> Term:
         return r.db(self.db).table(self.table_name)
+
+    def marks_query(self) -> Term:
+        return r.db(self.db).table(f"{self.table_name}_marks")
 
     def record_query(self) -> Term:
         return self.table_query().get(self.name)
@@ -171,11 +192,12 @@ class RethinkBackend(Backend):
             return self._with_tables(lambda: self._execute(query, deadline), deadline)
 
     def _make_tables(self, deadline: float) -> None:
-        db, table = r.db(self.db), self.table_name
+        db, table, marks = r.db(self.db), self.table_name, f"{self.table_name}_marks"
         with self._lock:
             for query in (
                 r.branch(r.db_list().contains(self.db), None, r.db_create(self.db)),
                 r.branch(db.table_list().contains(table), None, db.table_create(table)),
+                r.branch(db.table_list().contains(marks), None, db.table_create(marks)),
             ):
                 try:  # checked first, so existing ones need no permission to create
                     self._execute(query, deadline)
@@ -183,7 +205,8 @@ class RethinkBackend(Backend):
                     if "already exists" not in exc.message:  # else another member was first
                         raise
             # Not the default "all_replicas_ready": a cluster with a replica down still works.
-            self._execute(self.table_query().wait(wait_for="ready_for_writes"), deadline)
+            for made in (self.table_query(), self.marks_query()):
+                self._execute(made.wait(wait_for="ready_for_writes"), deadline)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -318,6 +341,42 @@ class RethinkBackend(Backend):
         if REFUSED in str(result.get("first_error")):
             return False
         raise BackendUnavailable(f"{self.display_url} refused the write: {result['first_error']}")
+
+    # -- once-only marks -----------------------------------------------------------------------
+
+    def _mark_once(self, key: str, value: str, ttl: float) -> str | None:
+        mark_id = hashlib.sha256(f"{self.name}/{key}".encode()).hexdigest()
+        now = r.now().to_epoch_time()  # one value for the whole query
+
+        def keep_held(_id: Term, old: Term, new: Term) -> Term:
+            return r.branch(mark_held(old, now), old, new)
+
+        mark = {"id": mark_id, "value": value, "expires_at": now.add(ttl)}
+        result = self._run(
+            self.marks_query().insert(mark, conflict=keep_held, return_changes="always")
+        )
+        if result.get("errors"):
+            raise BackendUnavailable(
+                f"{self.display_url} refused the mark: {result.get('first_error')}"
+            )
+        self._sweep_marks()
+        if result.get("inserted", 0) + result.get("replaced", 0) == 1:
+            return None
+        held = (result.get("changes") or [{}])[0].get("old_val") or {}
+        stored = held.get("value")
+        return stored if isinstance(stored, str) else str(stored)
+
+    def _sweep_marks(self) -> None:
+        """Delete expired marks, bounded, at most every MARK_SWEEP_INTERVAL seconds."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + MARK_SWEEP_INTERVAL
+        now = r.now().to_epoch_time()
+        expired = self.marks_query().filter(lambda doc: mark_held(doc, now).not_())
+        try:
+            self._run(expired.limit(MARK_SWEEP_LIMIT).delete())
+        except BackendUnavailable as exc:  # the mark itself was made; the next sweep retries
+            logger.debug("leaderfeed %r: sweeping expired marks failed: %s", self.name, exc)
 
     # -- the feed ------------------------------------------------------------------------------
 

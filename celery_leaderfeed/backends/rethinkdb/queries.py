@@ -72,6 +72,13 @@ def at_least(value: Term, floor: int) -> Term:
     return value.do(lambda v: r.branch(v.gt(floor), v, floor))
 
 
+def mark_held(doc: Term, now: Term) -> Term:
+    """True while the mark ``doc`` has not expired at ``now`` (epoch seconds); a mark without
+    a numeric ``expires_at`` counts as expired."""
+    at = field(doc, "expires_at")
+    return r.branch(at.type_of().eq("NUMBER"), at.gt(now), False)
+
+
 def observation_of(doc: object, store_time: float | None) -> Observation:
     if doc is None:
         return Observation(None, store_time=store_time)

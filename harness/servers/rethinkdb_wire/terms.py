@@ -439,6 +439,18 @@ class Evaluator(WriteTerms):
         kept = [row for row in self.rows(source) if keep(row)]
         return kept if isinstance(source, list) else Selection(source.table, kept)
 
+    def LIMIT(self, args: list, opts: dict, scope: dict) -> Any:
+        """The first n of a sequence; of a table or selection, still a selection (a write
+        target, as in ``filter(...).limit(n).delete()``)."""
+        source, count = self.eval(args[0], scope), self.datum(args[1], scope)
+        expect(count, "NUMBER")
+        if count != int(count):
+            raise QueryError(f"Number not an integer: {count}")
+        if count < 0:
+            raise QueryError("LIMIT takes a non-negative argument.")
+        kept = self.rows(source)[: int(count)]
+        return kept if isinstance(source, list) else Selection(source.table, kept)
+
     # --- administration --------------------------------------------------------------
 
     def DB_CREATE(self, args: list, opts: dict, scope: dict) -> Any:
