@@ -244,6 +244,8 @@ class Sender(threading.Thread):
         super().__init__(daemon=True)
         self.task, self.count, self.every = task, count, every
         self.sent = 0
+        #: Task id of each argument, to find a message in the workers' logs.
+        self.ids: dict[int, str] = {}
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -253,7 +255,7 @@ class Sender(threading.Thread):
                 delay = start + arg * self.every - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)  # pacing the sends, not waiting for a condition
-                self.task.apply_async((arg, time.monotonic()))
+                self.ids[arg] = self.task.apply_async((arg, time.monotonic())).id
                 self.sent = arg + 1
         except BaseException as exc:  # noqa: BLE001 - shown by the test
             self.error = exc
@@ -261,6 +263,30 @@ class Sender(threading.Thread):
     def wait_sent(self, count: int) -> None:
         wait_until(lambda: self.sent >= count or self.error, 60, interval=0.005)
         assert self.error is None, self.error
+
+
+def settled_but_for_the_transport_window(
+    cluster: Cluster, sender: Sender, killed: str, broker: str, count: int
+) -> Report:
+    """Every argument ran - except, on Redis, a message lost in kombu's own window.
+
+    kombu's Redis transport takes a message off the list (BRPOP) before it records it as
+    unacknowledged; a worker killed between the two loses that message whatever ``acks_late``
+    says, and the worker never saw it (no "received" line in its log). Such a message, at most
+    one, is not ours to redeliver; any other missing message fails the test.
+    """
+    try:
+        return cluster.settled(range(count), timeout=90)
+    except AssertionError:
+        if broker != "redis":
+            raise
+    ran = {record["arg"] for record in cluster.records()}
+    missing = [arg for arg in range(count) if arg not in ran]
+    log = cluster.workers[killed].log()
+    unseen = [arg for arg in missing if f"[{sender.ids[arg]}] received" not in log]
+    assert len(missing) <= 1 and unseen == missing, (missing, unseen)
+    figure("redis: lost in kombu's BRPOP window (never received)", missing)
+    return cluster.settled([arg for arg in range(count) if arg not in missing], timeout=30)
 
 
 def first_body_after(cluster: Cluster, node: str, since: float) -> float | None:
@@ -452,7 +478,7 @@ def test_kill_9_of_the_leader(cluster: Cluster, broker: str, late: bool) -> None
     assert sender.error is None
 
     if late:
-        report = cluster.settled(range(count), timeout=90)
+        report = settled_but_for_the_transport_window(cluster, sender, leader, broker, count)
         redelivered = [r["start"] - killed_at for r in cluster.records() if r["redelivered"]]
         figure(f"{broker} acks_late kill -9", report.summary())
         figure(
