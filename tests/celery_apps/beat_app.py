@@ -52,25 +52,35 @@ def _redis() -> redis.Redis:
     return _client[1]
 
 
+def _header(request: Any, name: str) -> Any:
+    """A message header, as Celery shows it on the request (headers, or request attributes)."""
+    return (request.headers or {}).get(name, getattr(request, name, None))
+
+
+def _observed(request: Any, **extra: Any) -> dict[str, Any]:
+    """What a recording task writes of its run: which occurrence, sent by whom, run where and
+    when, plus ``extra``."""
+    return {
+        "occurrence": _header(request, "leaderfeed_occurrence"),
+        "coalesced": _header(request, "leaderfeed_coalesced") or [],
+        "sender": _header(request, "leaderfeed_sender"),
+        "host": request.hostname,
+        "at": time.time(),
+        **extra,
+    }
+
+
 @app.task(bind=True, name="beat_app.pulse")
 def pulse(self: Any) -> None:
     """Record which occurrence this run is, who sent it, and when it ran."""
-    headers = self.request.headers or {}
-
-    def header(name: str) -> Any:
-        return headers.get(name, getattr(self.request, name, None))
-
-    run = {
-        "occurrence": header("leaderfeed_occurrence"),
-        "coalesced": header("leaderfeed_coalesced") or [],
-        "term": header("leaderfeed_term"),
-        "sender": header("leaderfeed_sender"),
-        "sent_at": header("leaderfeed_sent_at"),
-        "republished": header("leaderfeed_republished"),
-        "task_id": self.request.id,
-        "host": self.request.hostname,
-        "at": time.time(),
-    }
+    request = self.request
+    run = _observed(
+        request,
+        term=_header(request, "leaderfeed_term"),
+        sent_at=_header(request, "leaderfeed_sent_at"),
+        republished=_header(request, "leaderfeed_republished"),
+        task_id=request.id,
+    )
     _redis().rpush(RUNS_KEY, json.dumps(run))
 
 
@@ -84,17 +94,5 @@ def _beat_started(sender: Any = None, **kwargs: Any) -> None:
 @leader_only
 def leader_pulse(self: Any) -> None:
     """A periodic task that is also leader-only: routed to the leader queue, run there once."""
-    headers = self.request.headers or {}
-
-    def header(name: str) -> Any:
-        return headers.get(name, getattr(self.request, name, None))
-
-    run = {
-        "occurrence": header("leaderfeed_occurrence"),
-        "coalesced": header("leaderfeed_coalesced") or [],
-        "term": current_term(),
-        "sender": header("leaderfeed_sender"),
-        "host": self.request.hostname,
-        "at": time.time(),
-    }
+    run = _observed(self.request, term=current_term())
     _redis().rpush(f"{RUNS_KEY}:leader", json.dumps(run))
