@@ -12,6 +12,7 @@ from pathlib import Path
 import redis
 
 from harness.helpers import free_port, wait_until
+from harness.servers.redis_process import answers
 
 
 class RedisClusterGroup:
@@ -68,13 +69,7 @@ class RedisClusterGroup:
         return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=2)
 
     def _answers(self, port: int) -> bool:
-        client = self.client(port)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return answers(self.client(port))
 
     def _ok(self) -> bool:
         for port in self.ports:

@@ -13,6 +13,16 @@ import redis
 from harness.helpers import free_port, wait_until
 
 
+def answers(client: redis.Redis) -> bool:
+    """Whether the server behind ``client`` answers PING; the client is closed either way."""
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 class RedisServer:
     """One redis-server process with no persistence; restartable on the same port, empty or
     from a snapshot taken earlier (:meth:`snapshot`, :meth:`restart_from`), and optionally a
@@ -89,10 +99,7 @@ class RedisServer:
             raise RuntimeError(
                 f"redis-server exited: {(self.dir / 'redis.log').read_text()[-2000:]}"
             )
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
+        return answers(self.client())
 
     def stop(self) -> None:
         process, self.process = self.process, None

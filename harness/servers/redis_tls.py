@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from harness.helpers import free_port, wait_until
+from harness.servers.redis_process import answers
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,7 @@ class TlsRedisServer:
             host="127.0.0.1", port=self.port, password=self.password, ssl=True,
             ssl_ca_certs=str(self.files.ca), socket_timeout=2,
         )  # fmt: skip
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return answers(client)
 
     def close(self) -> None:
         process, self.process = self.process, None
