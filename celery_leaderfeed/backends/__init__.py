@@ -25,6 +25,7 @@ Third-party backends register under the ``celery_leaderfeed.backends`` entry-poi
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -42,6 +43,7 @@ __all__ = [
     "Subscription",
     "backend_from_url",
     "register_backend",
+    "serves_shared",
 ]
 
 
@@ -117,6 +119,23 @@ def backend_class(url: str) -> type[Backend]:
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ConfigurationError(f"{entry.target} is not a leaderfeed Backend subclass")
     return cls
+
+
+def serves_shared(url: str) -> bool:
+    """Whether a backend that processes share serves ``url``'s scheme. True also when that
+    backend's driver is not installed: resolving the URL then names the extra to install."""
+    entry = None
+    try:
+        entry = _lookup(url_scheme(url))
+        if entry is None:
+            return False
+        return backend_class(url).shared_across_processes
+    except ConfigurationError:
+        return entry is not None and entry.driver is not None and _driver_missing(entry.driver)
+
+
+def _driver_missing(driver: str) -> bool:
+    return importlib.util.find_spec(driver) is None
 
 
 def backend_from_url(

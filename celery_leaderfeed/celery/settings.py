@@ -76,7 +76,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, cast
 
-from ..backends import Backend, backend_class, backend_from_url
+from ..backends import Backend, backend_class, backend_from_url, serves_shared
 from ..engine.feed import LeaderFeed
 from ..errors import ConfigurationError
 from ..timing import Timing
@@ -262,13 +262,7 @@ def _store_options(app: Any, url: str, transport_key: str, ssl_key: str) -> dict
 def _supported_store(url: str) -> bool:
     """True for a URL whose scheme a leaderfeed backend shared by processes serves (a missing
     driver still counts: resolving it then names the extra to install)."""
-    if "://" not in url:  # "django-db", "disabled"...
-        return False
-    try:
-        cls = backend_class(url)
-    except ConfigurationError as exc:
-        return "pip install" in str(exc)
-    return cls.shared_across_processes
+    return "://" in url and serves_shared(url)  # not "django-db", "disabled"...
 
 
 def _announce(url: str, why: str, options: Mapping[str, Any]) -> str:

@@ -65,3 +65,19 @@ def test_leader_gated_composes_with_any_scheduler_once() -> None:
     assert issubclass(LeaderScheduler, Scheduler)
     with pytest.raises(TypeError, match=r"celery\.beat\.Scheduler subclass"):
         celery_leaderfeed.leader_gated(dict)
+
+
+def test_a_shared_backend_whose_driver_is_missing_still_serves_its_urls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default-backend resolution takes such a URL, so that building it names the extra."""
+    from celery_leaderfeed import backends
+
+    missing = backends._Entry(
+        "leaderfeed_no_such_driver.mod:Backend", "leaderfeed_no_such_driver", "x"
+    )
+    monkeypatch.setitem(backends._REGISTRY, "nodriver", missing)
+    assert backends.serves_shared("nodriver://h/0") is True
+    assert backends.serves_shared("memory://x") is False  # one process only
+    assert backends.serves_shared("rpc://") is False  # no backend at all
+    assert backends.serves_shared("not a url") is False
