@@ -153,6 +153,16 @@ MISTAKES = [
         "leaderfeed_queue must be a queue name, got ' '",
         id="leader-queue",
     ),
+    pytest.param(
+        {"leaderfeed_dedup_window": -1},
+        "leaderfeed_dedup_window must be a positive number of seconds, got -1",
+        id="dedup-window",
+    ),
+    pytest.param(
+        {"leaderfeed_eager_policy": "loud"},
+        "leaderfeed_eager_policy must be one of error, run, follower; got 'loud'",
+        id="eager-policy",
+    ),
 ]
 #: How each command reports a bad setting: worker and beat as a click error; beat without its
 #: banner (--quiet) in its log, where it gets to only after starting its logging.
