@@ -20,7 +20,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import cost, elect, leader_only, leader_queue, metrics, periodic, report, takeover
+from bench import (
+    cost,
+    elect,
+    leader_only,
+    leader_queue,
+    metrics,
+    periodic,
+    report,
+    send_cost,
+    takeover,
+)
 from bench.background_load import BackgroundLoad
 from bench.environment import describe, now_utc
 from bench.processes import REPO, stop_all
@@ -49,6 +59,7 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
         "leader_queue": {"samples": 100, "handovers": 5},
         "metrics": {"window": 60.0, "burst": 500},
         "elect": {"trials": 50},
+        "send_cost": {"sends": 4000, "rounds": 8},
     },
     "quick": {
         "handover": {"backends": ["redis", "memory"], "trials": 5},
@@ -63,6 +74,7 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
         "leader_queue": {"samples": 30, "handovers": 2},
         "metrics": {"window": 15.0, "burst": 100},
         "elect": {"trials": 5},
+        "send_cost": {"sends": 800, "rounds": 4},
     },
 }
 RUNS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -74,9 +86,10 @@ RUNS: dict[str, Callable[..., dict[str, Any]]] = {
     "leader_queue": leader_queue.run,
     "metrics": metrics.run,
     "elect": elect.run,
+    "send_cost": send_cost.run,
 }
 #: The parts that run against the bench's one Redis (broker, and store of the periodic part).
-ON_REDIS = ("periodic", "leader_only", "leader_queue", "metrics", "elect")
+ON_REDIS = ("periodic", "leader_only", "leader_queue", "metrics", "elect", "send_cost")
 
 
 #: The parts measured per store backend, which ``--backend`` narrows.

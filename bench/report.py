@@ -522,6 +522,33 @@ def _elect(part: dict[str, Any], page: Path, image: Path) -> list[str]:
     ]
 
 
+def _send_cost(part: dict[str, Any], page: Path, image: Path) -> list[str]:
+    st = part["settings"]
+
+    def row(label: str, s: dict[str, Any], rounds: str) -> list[str]:
+        return [label, us(s["median"]), us(s["p95"]), us(s["max"]), str(s["n"]), rounds]
+
+    rows = [
+        row(
+            f"Tick that sends one run, {variant['label']}",
+            variant["summary"],
+            ", ".join(f"{median * 1e6:.0f}" for median in variant["round_medians"]),
+        )
+        for variant in part["variants"].values()
+    ]
+    rows.append(row("`mark_once` in the worker, per periodic run", part["mark_once"], "-"))
+    settings = (
+        "one leading `LeaderScheduler` in the bench's process, Redis store on loopback, "
+        f"`send_task` recording instead of publishing; {st['rounds']} alternating rounds, "
+        f"the first {st['warm_up_dropped_per_round']} sends of each round dropped"
+    )
+    return [
+        table("Store work per send | median | p95 | max | samples | round medians (us)", rows),
+        f"The confirmation adds {us(part['confirm_added_median_s'])} to the median sending tick.",
+        stamp(part, settings),
+    ]
+
+
 Section = Callable[[dict[str, Any], Path, Path], list[str]]
 #: Part -> (heading, anchor of its method in bench/README.md, renderer).
 SECTIONS: dict[str, tuple[str, str, Section]] = {
@@ -533,4 +560,9 @@ SECTIONS: dict[str, tuple[str, str, Section]] = {
     "leader_queue": ("## 6. Leader queue", "leader-queue", _leader_queue),
     "metrics": ("## 7. Metrics endpoint", "metrics-endpoint", _metrics),
     "elect": ("## 8. Planned handover", "planned-handover", _elect),
+    "send_cost": (
+        "## 9. Periodic send cost",
+        "periodic-send-cost-claim-publish-confirm",
+        _send_cost,
+    ),
 }

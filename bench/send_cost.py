@@ -6,7 +6,9 @@ that records instead of publishing, so what is timed is the scheduler's own stor
 send. "before" is the same scheduler with the confirmation left out - the claim then the
 publish, what a send cost until #16 - and "after" the shipped path: claim (pending), publish,
 confirm. Also timed: one ``mark_once``, the store round trip a worker adds per periodic run.
-Prints one line per figure; not part of ``python -m bench``'s page.
+
+``python -m bench --only send_cost`` measures it as a part of the page (:func:`run`, on the
+bench's Redis); run alone, it starts its own redis-server and prints one line per figure.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -107,28 +110,64 @@ def _mark_once(url: str, marks: int) -> list[float]:
         backend.close()
 
 
+#: The variants timed, in the order each round runs them.
+VARIANTS: dict[str, type[LeaderScheduler]] = {"before": _Before, "after": LeaderScheduler}
+#: What each variant is, as the page and the printed lines name it.
+LABELS = {"before": "before (claim, publish)", "after": "after (claim, publish, confirm)"}
+#: Sends dropped at the start of every round (connections and caches warming up).
+WARM_UP = 10
+
+
+def run(redis_url: str, sends: int, rounds: int, workdir: Path) -> dict[str, Any]:
+    """The part of ``python -m bench``: both variants in ``rounds`` alternating rounds of
+    ``sends // rounds`` sends each (the first :data:`WARM_UP` of a round dropped), then
+    ``sends`` ``mark_once`` calls, all on ``redis_url``. Summaries per variant and per round
+    (the raw samples, thousands per variant, are not kept)."""
+    per_round = sends // rounds
+    samples: dict[str, list[float]] = {kind: [] for kind in VARIANTS}
+    round_medians: dict[str, list[float]] = {kind: [] for kind in VARIANTS}
+    for _ in range(rounds):  # interleaved, so drift in the machine hits both alike
+        for kind, scheduler in VARIANTS.items():
+            timed = _per_send(scheduler, redis_url, per_round)[WARM_UP:]
+            samples[kind] += timed
+            round_medians[kind].append(summary(timed)["median"])
+    variants = {
+        kind: {
+            "label": LABELS[kind],
+            "summary": summary(values),
+            "round_medians": round_medians[kind],
+        }
+        for kind, values in samples.items()
+    }
+    added = variants["after"]["summary"]["median"] - variants["before"]["summary"]["median"]
+    return {
+        "settings": {
+            "store": "redis",
+            "sends_per_variant": per_round * rounds,
+            "rounds": rounds,
+            "warm_up_dropped_per_round": WARM_UP,
+        },
+        "variants": variants,
+        "confirm_added_median_s": added,
+        "mark_once": summary(_mark_once(redis_url, sends)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.send_cost", description=__doc__)
     parser.add_argument("--sends", type=int, default=4000, help="sends per variant")
     parser.add_argument("--rounds", type=int, default=8, help="alternations of the variants")
     args = parser.parse_args(argv)
-    variants = {
-        "before (claim, publish)": _Before,
-        "after (claim, publish, confirm)": LeaderScheduler,
-    }
     with store("redis") as where:
-        samples: dict[str, list[float]] = {label: [] for label in variants}
-        for _ in range(args.rounds):  # interleaved, so drift in the machine hits both alike
-            for label, kind in variants.items():
-                samples[label] += _per_send(kind, where.url, args.sends // args.rounds)[10:]
-        for label, values in samples.items():
-            s = summary(values)
-            print(
-                f"tick that sends one run, {label}: median {us(s['median'])}, "
-                f"p95 {us(s['p95'])} ({s['n']} sends, Redis on loopback)"
-            )
-        s = summary(_mark_once(where.url, args.sends))
-        print(f"mark_once in the worker: median {us(s['median'])}, p95 {us(s['p95'])} ({s['n']})")
+        result = run(where.url, args.sends, args.rounds, Path("."))
+    for kind, variant in result["variants"].items():
+        s = variant["summary"]
+        print(
+            f"tick that sends one run, {LABELS[kind]}: median {us(s['median'])}, "
+            f"p95 {us(s['p95'])} ({s['n']} sends, Redis on loopback)"
+        )
+    s = result["mark_once"]
+    print(f"mark_once in the worker: median {us(s['median'])}, p95 {us(s['p95'])} ({s['n']})")
     return 0
 
 

@@ -4,8 +4,10 @@ their sends came to, for the tests of every leader-gated scheduler.
 Each cluster runs its own election and queues on the session Redis, with short timings
 (heartbeat 0.2 s, election timeout 0.6-0.9 s). A never-faulted recorder worker (in an election of
 its own, without beat) runs the task, so a run cannot be lost with a killed worker's prefetched
-messages. The task body records its occurrence id, coalesced list, term and sender in a Redis
-list, and :mod:`harness.occurrence_checker` judges the sends.
+messages. The task body records each *execution* - its occurrence id, coalesced list, term and
+sender - in a Redis list, and :mod:`harness.occurrence_checker` judges the executions. The
+election's store (record, schedule state, once-only marks) is the session Redis unless the
+settings name another (``leaderfeed_backend``); :meth:`BeatCluster.holder` reads that one.
 """
 
 from __future__ import annotations
@@ -66,8 +68,14 @@ class BeatCluster:
         self.runs_key = f"leaderfeed-test:{self.name}:runs"
         self.pulse_queue = f"{self.name}.pulses"
         self.redis = redis.Redis.from_url(redis_url)
-        self.store = backend_from_url(redis_url, name=self.name, timeout=2.0)
-        self.beat_store = backend_from_url(redis_url, name=f"{self.name}.beat", timeout=2.0)
+        # The election's own store, as the processes resolve it: `leaderfeed_backend` if the
+        # test sets one (PostgreSQL, a Sentinel group), else the broker, the session Redis.
+        self.store_url = str(self.extra_conf.get("leaderfeed_backend") or redis_url)
+        options = self.extra_conf.get("leaderfeed_backend_options")
+        self.store = backend_from_url(self.store_url, name=self.name, timeout=2.0, options=options)
+        self.beat_store = backend_from_url(
+            self.store_url, name=f"{self.name}.beat", timeout=2.0, options=options
+        )
         self.store.connect()
         self.beat_store.connect()
         self.processes: dict[str, CeleryProcess] = {}
@@ -159,6 +167,7 @@ class BeatCluster:
         return [json.loads(raw) for raw in self.redis.lrange(self.runs_key, 0, -1)]
 
     def sends(self) -> list[Send]:
+        """Every execution of the task, as its body recorded it (one record per body run)."""
         return [
             Send(run["occurrence"], tuple(run["coalesced"]), run["term"], run["sender"], run["at"])
             for run in self.runs()

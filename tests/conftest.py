@@ -21,6 +21,7 @@ pytest_plugins = (
     "tests.fixtures.rethinkdb_server",
     "tests.fixtures.postgres_server",
     "tests.fixtures.postgresql_kit",
+    "tests.fixtures.election_store",
 )
 
 

@@ -1,12 +1,14 @@
 """Real ``celery worker -B`` and ``celery beat`` processes sending a 0.5 s periodic task.
 
-Each test runs its own election and queues on the session Redis, with short timings
-(heartbeat 0.2 s, election timeout 0.6-0.9 s). Three ``worker -B`` nodes elect a leader whose
-embedded beat sends the task; a fourth, never-faulted recorder worker (in an election of its
-own, without beat) runs it, so a run cannot be lost with a killed worker's prefetched messages.
-The task body records its occurrence id, coalesced list, term and sender in a Redis list, and
-:mod:`harness.occurrence_checker` judges the sends: no duplicates, and under the default
-``run_once`` policy every nominal occurrence covered exactly once.
+Each test runs its own election and queues, with short timings (heartbeat 0.2 s, election
+timeout 0.6-0.9 s), once with the election's store (record, schedule state, once-only marks) on
+the session Redis and once on the session PostgreSQL; the broker is always the session Redis.
+Three ``worker -B`` nodes elect a leader whose embedded beat sends the task; a fourth,
+never-faulted recorder worker (in an election of its own, without beat) runs it, so a run cannot
+be lost with a killed worker's prefetched messages. The task body records each *execution* - its
+occurrence id, coalesced list, term and sender - in a Redis list, and
+:mod:`harness.occurrence_checker` judges the executions: under the default ``run_once`` policy
+every nominal occurrence covered by exactly one execution (0 lost, 0 run twice).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ pytestmark = pytest.mark.celery_workers
 
 
 @pytest.fixture
-def cluster(redis_url: str, tmp_path: Path) -> Iterator[BeatCluster]:
-    cluster = BeatCluster(redis_url, tmp_path)
+def cluster(
+    redis_url: str, tmp_path: Path, election_store: dict[str, str]
+) -> Iterator[BeatCluster]:
+    """On the election store of ``tests/fixtures/election_store.py``: Redis, PostgreSQL."""
+    cluster = BeatCluster(redis_url, tmp_path, conf=election_store)
     try:
         yield cluster
     finally:

@@ -36,19 +36,13 @@ def crash_at(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["redis", "postgresql"])
-def store(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The election's store (schedule state, once-only marks); the broker is always Redis."""
-    if request.param == "redis":
-        return {}
-    return {"leaderfeed_backend": str(request.getfixturevalue("postgres_url"))}
-
-
 @pytest.fixture
 def cluster(
-    redis_url: str, tmp_path: Path, crash_at: str, store: dict[str, str]
+    redis_url: str, tmp_path: Path, crash_at: str, election_store: dict[str, str]
 ) -> Iterator[BeatCluster]:
-    cluster = BeatCluster(redis_url, tmp_path, conf={"beat_scheduler": SCHEDULER, **store})
+    """On the election store of ``tests/fixtures/election_store.py``: Redis, PostgreSQL."""
+    conf = {"beat_scheduler": SCHEDULER, **election_store}
+    cluster = BeatCluster(redis_url, tmp_path, conf=conf)
     try:
         yield cluster
     finally:
