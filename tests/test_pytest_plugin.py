@@ -1,6 +1,7 @@
 """The pytest plugin and the eager policy, as a user meets them.
 
-The README's "Testing your leader-only tasks" examples are copied out of README.md into a fresh
+The examples of the documentation's "Testing your leader-only tasks" page (docs/testing.md) are
+copied out of it into a fresh
 directory and run with ``pytest`` in a subprocess - no conftest, no path to this repository: the
 fixtures come from the installed ``pytest11`` entry point. The rest uses the same fixtures in
 this process (this suite loads the plugin like any other) and checks the eager policy.
@@ -30,20 +31,16 @@ from celery_leaderfeed.errors import ConfigurationError
 from celery_leaderfeed.testing import Leadership
 from tests.workers import REPO
 
-README = REPO / "README.md"
-SECTION = "### Testing your leader-only tasks"
+PAGE = REPO / "docs" / "testing.md"
 
 
 def readme_files() -> dict[str, str]:
-    """The ```python blocks of the README section, by the file name on their first line."""
-    text = README.read_text()
-    section = text[text.index(SECTION) :]
-    section = section[: section.index("\n## ")]
+    """The ```python blocks of docs/testing.md, by the file name on their first line."""
     files = {}
-    for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL):
+    for block in re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.DOTALL):
         first = block.partition("\n")[0]
         match = re.fullmatch(r"# (\w+\.py)", first)
-        assert match, f"a README example must start with '# <file>.py': {first!r}"
+        assert match, f"an example of docs/testing.md must start with '# <file>.py': {first!r}"
         files[match.group(1)] = block
     return files
 

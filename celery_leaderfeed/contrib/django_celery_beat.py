@@ -3,17 +3,21 @@
 Schedules stay in the database and the admin; every beat process may run, one sends. What each
 ``PeriodicTask`` field means is kept, with the election deciding who acts on it:
 
-``enabled``          a disabled row sends nothing; an admin edit reaches the leader at its next
-                     change check (each tick, at most a heartbeat apart)
-``start_time``       nothing before it; an interval task's first run is *at* it (as in
-                     django-celery-beat), a crontab's first slot at or after it
-``expires``          no run due after it; the leader then disables the row
-``one_off``          one run, then the leader disables the row (re-enabling it runs it again)
-``clocked``          one run at its time (at once if the time has passed, as in
-                     django-celery-beat)
-``last_run_at``,     written by the leader after each send: the run's *nominal* due time and
-``total_run_count``  one more send; never by a follower, never with a save that would make
-                     every beat reload its schedule
+=====================  ========================================================================
+field                  what it means here
+=====================  ========================================================================
+``enabled``            a disabled row sends nothing; an admin edit reaches the leader at its
+                       next change check (each tick, at most a heartbeat apart)
+``start_time``         nothing before it; an interval task's first run is *at* it (as in
+                       django-celery-beat), a crontab's first slot at or after it
+``expires``            no run due after it; the leader then disables the row
+``one_off``            one run, then the leader disables the row (re-enabling it runs it again)
+``clocked``            one run at its time (at once if the time has passed, as in
+                       django-celery-beat)
+``last_run_at``,       written by the leader after each send: the run's *nominal* due time and
+``total_run_count``    one more send; never by a follower, never with a save that would make
+                       every beat reload its schedule
+=====================  ========================================================================
 
 Where a run starts: a task that ran before under django-celery-beat (``total_run_count > 0``)
 continues from its ``last_run_at``; a new one starts when the leader first sees it.

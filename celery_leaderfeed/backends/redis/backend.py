@@ -22,7 +22,7 @@ Redis expires them by its own clock.
 on the same connection (``WAIT`` counts the replicas that have this connection's writes), and
 reports a write that fewer than N replicas acknowledged within half the operation timeout as
 a failure (``BackendUnavailable``): the member does not act on it, and the write is announced
-on the channel only once acknowledged. See README, "Redis in production", for what that does
+on the channel only once acknowledged. See docs/guides/redis-production.md for what that does
 and does not guarantee.
 """
 
