@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -23,6 +24,11 @@ from celery_leaderfeed import LeaderFeed, Role
 
 SAMPLE_SECONDS = 0.003
 UNSAFE_EXTRA = 10.0
+
+
+class _MonotonicFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{time.monotonic():.6f} {record.levelname} {record.getMessage()}"
 
 
 def main() -> None:
@@ -38,6 +44,11 @@ def main() -> None:
     parser.add_argument("--unsafe", action="store_true")
     args = parser.parse_args()
 
+    # The engine's INFO lines (claims, role changes), stamped with the acts' clock.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_MonotonicFormatter())
+    logging.getLogger("celery_leaderfeed").addHandler(handler)
+    logging.getLogger("celery_leaderfeed").setLevel(logging.INFO)
     feed = LeaderFeed(
         args.url,
         name=args.name,

@@ -53,6 +53,9 @@ class HandLeadership:
         self.term: int | None = None
         self.started = 0
         self.closed = 0
+        #: The lease's valid_from and fenced_from (an early term: fenced before valid).
+        self.valid_from = -math.inf
+        self.fenced_from: float | None = None
 
     def take(self) -> int:
         observed = self.backend.read()
@@ -72,7 +75,15 @@ class HandLeadership:
     def lease(self) -> Lease | None:
         if self.term is None:
             return None
-        return Lease(Role.LEADER, self.term, self.token, deadline=math.inf, member_id=self.member)
+        return Lease(
+            Role.LEADER,
+            self.term,
+            self.token,
+            deadline=math.inf,
+            valid_from=self.valid_from,
+            fenced_from=self.fenced_from,
+            member_id=self.member,
+        )
 
     def close(self) -> None:
         self.closed += 1

@@ -35,6 +35,7 @@ SERVER_BACKEND_IDS = (
     "mongodb-capped",
     "rethinkdb",
     "postgresql",
+    "postgresql-fast",  # fast_failover: claims brought forward by the holder's session ending
 )
 
 

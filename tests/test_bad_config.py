@@ -159,6 +159,14 @@ MISTAKES = [
         id="dedup-window",
     ),
     pytest.param(
+        {
+            "leaderfeed_backend": "postgresql://127.0.0.1:1/nowhere",
+            "leaderfeed_backend_options": {"fast_failover": "maybe"},
+        },
+        "option 'fast_failover' must be true or false; got 'maybe'",
+        id="fast-failover",
+    ),
+    pytest.param(
         {"leaderfeed_eager_policy": "loud"},
         "leaderfeed_eager_policy must be one of error, run, follower; got 'loud'",
         id="eager-policy",

@@ -151,6 +151,50 @@ def test_a_new_leader_continues_where_the_old_one_stopped(
     assert sent.calls[1][1]["leaderfeed_sender"] == "b"
 
 
+def test_an_early_term_sends_at_once_but_writes_the_metadata_only_once_its_lease_is_valid(
+    app: Celery,
+    store_url: str,
+    clocks: Clocks,
+    sent: Sent,
+    schedulers: list[LeaderScheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim brought forward by the old holder's session ending (PostgreSQL fast_failover):
+    the per-occurrence claims are fenced in the store, so they start at once; the inner
+    scheduler's metadata is not, so it waits until the old leader has certainly stopped."""
+    first = HandLeadership(store_url, "cluster", "a")
+    first.take()
+    old = scheduler_for(app, first, clocks, schedulers)
+    old.tick()
+    first.drop()  # crashed
+    early = HandLeadership(store_url, "cluster", "b")
+    early.take()
+    early.fenced_from = clocks.monotonic()
+    early.valid_from = clocks.monotonic() + 1.5
+    new = scheduler_for(app, early, clocks, schedulers)
+    recorded: list[str] = []
+    monkeypatch.setattr(
+        new, "record_run", lambda entry, run, state: recorded.append(run.send.isoformat())
+    )
+    clocks.advance(1.0)
+    new.tick()
+    assert sent.occurrences == [tick_id(1)]
+    assert sent.calls[0][1]["leaderfeed_sender"] == "b"
+    assert recorded == []
+    clocks.advance(1.0)  # past valid_from
+    new.tick()
+    assert sent.occurrences == [tick_id(1), tick_id(2)]
+    assert recorded == [(T0 + timedelta(seconds=2)).isoformat()]
+    # Before fenced_from nothing at all is claimed.
+    late = HandLeadership(store_url, "cluster", "c")
+    late.take()
+    late.fenced_from = late.valid_from = clocks.monotonic() + 5
+    waiting = scheduler_for(app, late, clocks, schedulers)
+    clocks.advance(1.0)
+    waiting.tick()
+    assert sent.occurrences == [tick_id(1), tick_id(2)]
+
+
 def test_a_scheduler_holding_an_old_term_cannot_claim(
     app: Celery, store_url: str, clocks: Clocks, sent: Sent, schedulers: list[LeaderScheduler]
 ) -> None:

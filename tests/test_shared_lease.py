@@ -8,6 +8,7 @@ for every process on the machine.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -67,6 +68,9 @@ def test_the_lease_reads_back_as_written_and_only_from_its_writer(
     assert reader is not None
     assert reader.read(os.getpid()) == lease
     assert reader.read(os.getpid() + 1) is None  # a child whose parent is no longer the writer
+    early = dataclasses.replace(lease, fenced_from=100.5)  # fenced before valid (fast failover)
+    segment.write(early)
+    assert reader.read(os.getpid()) == early
     segment.revoke("worker@test")
     assert reader.read(os.getpid()) == Lease(Role.FOLLOWER, member_id="worker@test")
     reader.close()

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,6 +51,7 @@ __all__ = [
     "Backend",
     "DataChanged",
     "FeedEvent",
+    "HolderWatch",
     "RecordChanged",
     "Refusal",
     "Subscription",
@@ -103,6 +104,34 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the feed. Must be idempotent and must make a blocked :meth:`poll` return."""
+
+
+class HolderWatch(abc.ABC):
+    """Whether the leader's *session* with the store lives, where the store can tell: the
+    leader holds a lock that the server drops when its session ends, and followers wait for
+    that lock on sessions of their own. Offered by :meth:`Backend.holder_watch` (PostgreSQL's
+    ``fast_failover``); most stores have none.
+
+    The engine thread says after each turn what this member is (:meth:`lead`, :meth:`follow`);
+    the watch works on a thread of its own and calls the ``report`` it was made with, once per
+    term, when it saw the session holding that term's lock end. A report only brings a claim
+    forward: a session also ends while its process lives on (terminated by an operator, a
+    server restart, a pooler), so it never shortens how long a new leader waits before its
+    lease is valid.
+    """
+
+    @abc.abstractmethod
+    def lead(self, term: int) -> None:
+        """This member holds ``term``: hold that term's lock (release any other)."""
+
+    @abc.abstractmethod
+    def follow(self, term: int | None) -> None:
+        """Another member holds ``term``: wait for its lock to be let go (None: nobody to
+        watch - a vacant, missing or doubtful record)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Let go of everything; idempotent, never raises."""
 
 
 class Backend(abc.ABC):
@@ -237,6 +266,14 @@ class Backend(abc.ABC):
         """Open a feed of record changes (and other data changes, where supported)."""
         with self.mapped_errors("subscribe"):
             return self._subscribe()
+
+    def holder_watch(self, report: Callable[[int], None]) -> HolderWatch | None:
+        """A :class:`HolderWatch` calling ``report(term)``, or None: this store has none, or
+        it is not enabled. Called by ``start()`` in the engine's thread, after :meth:`connect`;
+        raises :class:`~celery_leaderfeed.errors.ConfigurationError` for a set-up it cannot
+        work in."""
+        del report
+        return None
 
     # -- schedule state (used by the beat scheduler) ----------------------------------------
 

@@ -383,7 +383,7 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
             self.close()
             raise SystemExit(0)
         lease = leadership.lease()
-        if lease is None or not lease.valid(self._monotonic()):
+        if lease is None or not lease.fenced(self._monotonic()):
             self._follow(ledger)
             return follower_sleep
         pacing = self._pacing
@@ -430,14 +430,24 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
         return self._parent_pid is not None and os.getppid() != self._parent_pid
 
     def _may_act(self, lease: Lease) -> bool:
-        """Whether ``lease`` is still this scheduler's, and valid now."""
+        """Whether ``lease`` is still this scheduler's, and may claim now: every claim is
+        fenced in the store, so from ``fenced_from`` (see :meth:`Lease.fenced`)."""
+        current = self._current(lease)
+        return current is not None and current.fenced(self._monotonic())
+
+    def _may_record(self, lease: Lease) -> bool:
+        """Whether ``lease`` may write the inner scheduler's metadata now: those writes are
+        not fenced, so only once the lease is valid (an old leader has stopped writing)."""
+        current = self._current(lease)
+        return current is not None and current.valid(self._monotonic())
+
+    def _current(self, lease: Lease) -> Lease | None:
+        """The leadership's lease now, if it is still ``lease``'s term."""
         assert self._leadership is not None
         current = None if self._orphaned() else self._leadership.lease()
-        return (
-            current is not None
-            and (current.term, current.token) == (lease.term, lease.token)
-            and current.valid(self._monotonic())
-        )
+        if current is None or (current.term, current.token) != (lease.term, lease.token):
+            return None
+        return current
 
     def _lead(self, ledger: OccurrenceLedger, lease: Lease) -> float:
         """Handle every entry as leader; the seconds until the next one is due."""
@@ -620,7 +630,7 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
                 pending.term,
             )
             confirmed = self._publish_and_confirm(ledger, entry, run, retaken, lease, previous_term)
-        if isinstance(confirmed, EntryState) and self._may_act(lease):
+        if isinstance(confirmed, EntryState) and self._may_record(lease):
             with contextlib.suppress(Exception):  # bookkeeping only, as in _report
                 self.record_run(entry, run, confirmed)
         return confirmed
@@ -721,15 +731,19 @@ class LeaderGatedMixin(Scheduler):  # type: ignore[misc]  # celery is untyped
             return
         if not self._may_act(lease):
             return  # paused since the claim: the successor keeps the metadata (bookkeeping only)
-        try:
-            self.record_run(entry, run, new)
-        except Exception as exc:  # noqa: BLE001 - the run was claimed and sent: only metadata lags
-            logger.warning(
-                "beat: %s was sent but its last run could not be recorded in the schedule (%s: %s)",
-                occurrence_id(name, run.send),
-                type(exc).__name__,
-                exc,
-            )
+        # Not yet in an early term, whose predecessor may still write the metadata: the ledger
+        # holds the run; the metadata catches up with the next run recorded.
+        if self._may_record(lease):
+            try:
+                self.record_run(entry, run, new)
+            except Exception as exc:  # noqa: BLE001 - the run was sent: only metadata lags
+                logger.warning(
+                    "beat: %s was sent but its last run could not be recorded in the schedule "
+                    "(%s: %s)",
+                    occurrence_id(name, run.send),
+                    type(exc).__name__,
+                    exc,
+                )
         occurrence = occurrence_id(name, run.send)
         if run.coalesced_count:
             logger.warning(

@@ -6,46 +6,51 @@ works. ``celery inspect conf`` / ``celery report`` hide the password of ``leader
 in any URL form (see :mod:`celery_leaderfeed.celery.control`); Celery masks the keys inside
 ``leaderfeed_backend_options`` that look secret (password, token, key...).
 
-================================== ===================== =========================================
-setting                            default               meaning
-================================== ===================== =========================================
-``leaderfeed_backend``             see below             store holding the election (``redis://``,
-                                                         ``mongodb://``, ``postgresql://``, ...)
-``leaderfeed_backend_options``     ``{}``                backend options (e.g. MongoDB collection)
-``leaderfeed_name``                ``app.main``          election name: workers sharing it elect
-                                   (or ``"celery"``)     one leader
-``leaderfeed_heartbeat_interval``  ``1.0``               seconds between leader renewals
-``leaderfeed_election_timeout_min`` ``3.0``              follower wait before claiming, lower bound
-``leaderfeed_election_timeout_max`` ``4.0``              ... upper bound (crash failover time)
-``leaderfeed_operation_timeout``   heartbeat interval    bound on every store call
-``leaderfeed_queue``              ``<name>.leader``     queue of leader-only tasks; only the
-                                                         leader consumes it
-``leaderfeed_follower_policy``     ``"requeue"``         ``@leader_only`` on a follower:
-                                                         ``requeue`` (to the leader queue),
-                                                         ``skip``, ``retry`` (later) or ``raise``
-``leaderfeed_retry_delay``         election timeout max  countdown of the ``retry`` policy
-``leaderfeed_misfire_policy``      ``"run_once"``        runs missed during a failover gap:
-                                                         ``run_once``, ``skip`` or ``catch_up``
-``leaderfeed_catch_up_limit``      ``10``                at most this many missed runs per entry
-                                                         are sent under ``catch_up``
-``leaderfeed_beat_name``           ``<name>.beat``       election of standalone ``celery beat``
-                                                         processes (an embedded beat follows
-                                                         its worker's election)
-``leaderfeed_eager_policy``        ``"error"``           ``@leader_only`` run in the caller
-                                                         (``task_always_eager``, ``apply()``,
-                                                         a direct call) where no worker lease
-                                                         is visible: ``error`` (raise
-                                                         ``NotLeaderError`` saying what to do),
-                                                         ``run`` (the body runs, term 1) or
-                                                         ``follower`` (the follower policy)
-``leaderfeed_metrics_port``        ``None``              port of the Prometheus endpoint of a
-                                                         worker or standalone beat (needs the
-                                                         ``prometheus`` extra; see ``metrics``)
-``leaderfeed_dedup_window``        ``604800`` (7 days)   seconds a periodic run's once-only mark
-                                                         is kept (see ``celery.once``): a
-                                                         republished duplicate delivered later
-                                                         than this after the original runs again
-================================== ===================== =========================================
+Each setting, its default and what it means (the documentation's settings page is generated
+from this list and checked against :data:`DEFAULTS`; a default shown as a literal must be the
+one in :data:`DEFAULTS`):
+
+``leaderfeed_backend`` (default: derived, see below)
+    The store holding the election: ``redis://``, ``rediss://``, ``unix://``, ``sentinel://``,
+    ``redis+cluster://``, ``postgresql://``, ``mongodb://``, ``mongodb+srv://``,
+    ``rethinkdb://`` (or ``memory://`` in one process).
+``leaderfeed_backend_options`` (default: ``{}``)
+    Options of the backend (MongoDB's collection, Redis' ``master_name``, ``ssl``,
+    ``wait_replicas``, PostgreSQL's schema and table...).
+``leaderfeed_name`` (default: ``app.main``, else ``"celery"``)
+    Election name: the workers sharing it elect one leader.
+``leaderfeed_heartbeat_interval`` (default: ``1.0``)
+    Seconds between the leader's renewals.
+``leaderfeed_election_timeout_min`` (default: ``3.0``)
+    Lower bound of the time a follower waits, without seeing a renewal, before it claims.
+``leaderfeed_election_timeout_max`` (default: ``4.0``)
+    Upper bound of that wait: a crash fails over within it.
+``leaderfeed_operation_timeout`` (default: the heartbeat interval)
+    Bound on every store call, in seconds.
+``leaderfeed_queue`` (default: ``<name>.leader``)
+    Queue of ``@leader_only`` tasks; only the leading worker consumes it.
+``leaderfeed_follower_policy`` (default: ``'requeue'``)
+    What a ``@leader_only`` task does on a follower: ``requeue`` (back to the leader queue),
+    ``skip``, ``retry`` (later) or ``raise``.
+``leaderfeed_retry_delay`` (default: ``leaderfeed_election_timeout_max``)
+    Countdown of the ``retry`` policy, in seconds.
+``leaderfeed_misfire_policy`` (default: ``'run_once'``)
+    Runs missed during a failover gap: ``run_once``, ``skip`` or ``catch_up``.
+``leaderfeed_catch_up_limit`` (default: ``10``)
+    At most this many missed runs per entry are sent under ``catch_up``.
+``leaderfeed_beat_name`` (default: ``<name>.beat``)
+    Election of standalone ``celery beat`` processes (an embedded beat follows its worker's
+    election).
+``leaderfeed_eager_policy`` (default: ``'error'``)
+    ``@leader_only`` run in the caller (``task_always_eager``, ``apply()``, a direct call)
+    where no worker lease is visible: ``error`` (raise ``NotLeaderError`` saying what to do),
+    ``run`` (the body runs, term 1) or ``follower`` (the follower policy).
+``leaderfeed_metrics_port`` (default: ``None``)
+    Port of the Prometheus endpoint of a worker or standalone beat (needs the ``prometheus``
+    extra; see :mod:`celery_leaderfeed.celery.metrics`).
+``leaderfeed_dedup_window`` (default: ``604800.0``, 7 days)
+    Seconds a periodic run's once-only mark is kept (see :mod:`celery_leaderfeed.celery.once`):
+    a republished duplicate delivered later than this after the original runs again.
 
 ``leaderfeed_backend``, when not set, is the first of: the broker URL if it is Redis (the first
 Redis URL of a failover list; a ``sentinel://`` broker's whole list of sentinels), then
@@ -397,6 +402,8 @@ def resolve_settings(app: Any, overrides: Mapping[str, Any] | None = None) -> Le
     if not isinstance(options, Mapping):
         raise ConfigurationError(f"leaderfeed_backend_options must be a mapping, got {options!r}")
     options = {**inherited, **options}  # what the user set for leaderfeed wins
+    # Backends read their options when built (no I/O): a bad one fails now, in one line.
+    backend_from_url(backend_url, name=name, timeout=timing.timeout, options=options)
 
     retry_delay = get("leaderfeed_retry_delay")
     limit = get("leaderfeed_catch_up_limit")

@@ -25,9 +25,10 @@ no admitted body still runs (a process that dies drops its lock with it).
 Layout, written under a sequence lock (odd while a write is in progress)::
 
     seq u64 | writer pid i64 | term i64 | valid from f64 | deadline f64 | acquired at f64 |
-    role u8 | token 32s | leader len u16 | leader 255s | member len u16 | member 255s
+    fenced from f64 | role u8 | token 32s | leader len u16 | leader 255s | member len u16 |
+    member 255s
 
-(``acquired at`` is NaN when unknown.)
+(``acquired at`` and ``fenced from`` are NaN when unknown or not set.)
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from ..engine.election import Lease, Role
 __all__ = ["SharedLease", "segment_name"]
 
 _SEQ = struct.Struct("<Q")
-_BODY = struct.Struct("<qqdddB32sH255sH255s")
+_BODY = struct.Struct("<qqddddB32sH255sH255s")
 _SIZE = _SEQ.size + _BODY.size
 _PREFIX = "leaderfeed-"
 _LINUX_SHM = Path("/dev/shm")  # noqa: S108 - Linux's memory-backed file system, not a temp dir
@@ -134,6 +135,7 @@ class SharedLease:
             lease.valid_from,
             lease.deadline,
             math.nan if lease.acquired_at is None else lease.acquired_at,
+            math.nan if lease.fenced_from is None else lease.fenced_from,
             1 if lease.role is Role.LEADER else 0,
             _encode(lease.token, 32),
             len(leader),
@@ -223,7 +225,7 @@ class SharedLease:
             fields = _BODY.unpack_from(buffer, _SEQ.size)
             if before % 2 == 0 and _SEQ.unpack_from(buffer, 0)[0] == before:
                 break
-        writer, term, valid_from, deadline, acquired_at, role, token, *names = fields
+        writer, term, valid_from, deadline, acquired_at, fenced_from, role, token, *names = fields
         if writer != owner_pid:
             return None
         leader_len, leader, member_len, member = names
@@ -234,6 +236,7 @@ class SharedLease:
             deadline=deadline,
             acquired_at=None if math.isnan(acquired_at) else acquired_at,
             valid_from=valid_from,
+            fenced_from=None if math.isnan(fenced_from) else fenced_from,
             leader_id=leader[:leader_len].decode("utf-8", "replace") or None,
             member_id=member[:member_len].decode("utf-8", "replace") or None,
         )

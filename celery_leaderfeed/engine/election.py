@@ -19,7 +19,13 @@ Safety rests on these rules:
 * so is a record the store may have *rolled back* - one written under an earlier history of the
   store (``Observation.suspect``: a restart from a snapshot, a promoted replica), one older than
   a version this member saw, or one a claim found suspect: a vacancy or our own token in it
-  proves nothing, since the store may have forgotten a later claim whose holder still acts.
+  proves nothing, since the store may have forgotten a later claim whose holder still acts;
+* a store that can tell when the holder's session ended (:meth:`Election.holder_gone`, a
+  PostgreSQL advisory lock) only brings the claim forward. The claim fences the store at once,
+  so work the store fences (the beat's per-occurrence claims) may start then
+  (``Lease.fenced_from``); the lease itself becomes valid only ``election_timeout_min`` after
+  the follower last saw the old term renewed, as if it had waited: a session can end while its
+  process still acts (terminated, paused, cut off).
 
 What the owner learns back: :meth:`Election.step` returns a :class:`Turn` (when to step again,
 and whether the change feed went quiet); :attr:`Election.revision` rises with every change of
@@ -41,7 +47,7 @@ from dataclasses import dataclass
 
 from ..backends.base import Backend, DataChanged, FeedEvent, RecordChanged
 from ..errors import BackendUnavailable
-from ..record import Observation, WriteResult
+from ..record import LeaderRecord, Observation, WriteResult
 from ..timing import Timing
 from .listeners import Emit, Event
 from .retry import Backoff, FaultLog, refused_pace, report_interval
@@ -86,6 +92,9 @@ class Lease:
     leader_id: str | None = None
     #: The member this lease belongs to.
     member_id: str | None = None
+    #: Monotonic time from which work the store fences with this term may start; None: from
+    #: ``valid_from``. Earlier only after a claim brought forward by :meth:`Election.holder_gone`.
+    fenced_from: float | None = None
 
     def valid(self, now: float | None = None) -> bool:
         """True while this member may act as leader at monotonic time ``now`` (default: now).
@@ -99,8 +108,25 @@ class Lease:
     #: The same check, by the name ``LeaderFeed.is_leader`` and task code use.
     is_leader = valid
 
+    def fenced(self, now: float | None = None) -> bool:
+        """True while this member may do work that the store fences with its term - writes
+        the store refuses once another term began, like the beat's per-occurrence claims.
+
+        The same as :meth:`valid` except after a claim brought forward by a store's report
+        that the old holder's session ended: then from the claim's acknowledgement, while
+        :meth:`valid` waits until the old holder has certainly stopped.
+        """
+        moment = time.monotonic() if now is None else now
+        start = self.valid_from if self.fenced_from is None else self.fenced_from
+        return self.role is Role.LEADER and start <= moment < self.deadline
+
 
 FOLLOWING = Lease(Role.FOLLOWER)
+
+#: Claims one holder_gone report may bring forward: a claim refused because the holder's
+#: renewal had not reached us yet is made again at once, but a holder that keeps renewing
+#: (its session was replaced, its process lives) is left to the normal wait.
+_EARLY_CLAIMS = 3
 
 
 def _no_event(event: Event, /, *args: object) -> None:
@@ -200,6 +226,12 @@ class Election:
         #: leader the store forgot.
         self._acted_on_last_term = False
         self._warned_corrupt = False
+        #: The term whose holder's session the store reported ended (holder_gone), while this
+        #: follower may still claim over it early, and how many early claims it has left.
+        self._gone_term: int | None = None
+        self._early_claims = 0
+        #: Whether the planned claim is one holder_gone brought forward.
+        self._claim_is_early = False
 
         self.election_at: float | None = None
         self.renew_at: float | None = None
@@ -231,6 +263,23 @@ class Election:
     def role(self) -> Role:
         return self.lease.role
 
+    @property
+    def watched_term(self) -> int | None:
+        """The term whose holder's session a follower watches (see ``holder_gone``): the
+        record's, while it names another member and is not in doubt."""
+        known = self.known
+        record = known.record if known is not None else None
+        if (
+            self.lease.role is Role.LEADER
+            or known is None
+            or known.suspect
+            or record is None
+            or record.vacant
+            or record.token == self.token
+        ):
+            return None
+        return record.term
+
     def bootstrap(self) -> None:
         """Read the record once before anything else happens (raises BackendUnavailable)."""
         self.observe(self.backend.read(), self.clock(), authoritative=True)
@@ -255,6 +304,22 @@ class Election:
             self.observe(event.observation, now, authoritative=False)
         elif isinstance(event, DataChanged):
             self.emit(Event.CHANGE, event.change)
+
+    def holder_gone(self, term: int, now: float) -> None:
+        """The store reports that the session holding ``term``'s liveness lock ended (see
+        :class:`~celery_leaderfeed.backends.base.HolderWatch`): claim now instead of waiting.
+
+        It proves nothing about the holder's process, which may still act (its session was
+        terminated, it is paused): the claim is fenced at once, the lease valid only when a
+        normal wait would have ended (see :meth:`_claim`). Ignored unless the record still
+        names that term's holder, someone else, in a record not in doubt.
+        """
+        record = self.known.record if self.known is not None else None
+        if self.lease.role is Role.LEADER or self.stopping or record is None or record.term != term:
+            return
+        self._gone_term = term
+        self._early_claims = _EARLY_CLAIMS
+        self._schedule_election(now)
 
     def request_leader(self, member_id: str, now: float) -> None:
         """Start handing leadership to ``member_id`` (``elect``)."""
@@ -345,6 +410,7 @@ class Election:
         if self.lease.role is Role.LEADER or self.stopping or self.known is None:
             self.election_at = None
             return
+        self._claim_is_early = False
         record = self.known.record
         low, high = self.timing.election_timeout_min, self.timing.election_timeout_max
         nominee_elsewhere = (
@@ -367,9 +433,21 @@ class Election:
         ):
             # Our own term, on which we already stopped acting: nobody else can be acting on it.
             self.election_at = now
+        elif self._may_claim_early(record, nominee_elsewhere):
+            self._claim_is_early = True  # the holder's session ended: the lease waits the rest
+            self.election_at = now
         else:
             wait = self.rng.uniform(low, high) + (low if nominee_elsewhere else 0.0)
             self.election_at = self.observed_at + wait
+
+    def _may_claim_early(self, record: LeaderRecord, nominee_elsewhere: bool) -> bool:
+        """Whether ``record`` names a holder whose session the store reported ended."""
+        return (
+            self._gone_term == record.term
+            and self._early_claims > 0
+            and record.token != self.token
+            and not nominee_elsewhere
+        )
 
     # -- the clock -------------------------------------------------------------------------------
 
@@ -440,16 +518,7 @@ class Election:
         self._store_answered()
         if result.ok:
             self.stats.renewals += 1
-            self._set_lease(
-                Lease(
-                    Role.LEADER,
-                    lease.term,
-                    lease.token,
-                    sent + self.timing.lease_duration,
-                    lease.acquired_at,
-                    lease.valid_from,
-                )
-            )
+            self._set_lease(dataclasses.replace(lease, deadline=sent + self.timing.lease_duration))
             self.renew_at = sent + self.timing.heartbeat_interval
         self.observe(result.observation, self.clock(), authoritative=True)
         if not result.ok:
@@ -465,6 +534,9 @@ class Election:
         """Claim the record; True if the refusal shows that the feed went deaf."""
         known = self.known
         assert known is not None
+        early = self._claim_is_early
+        if early:
+            self._early_claims -= 1
         sent = self.clock()
         self.stats.claims += 1
         try:
@@ -489,8 +561,17 @@ class Election:
             # claim was sent. The store says whether the record it replaced was suspect: our
             # own view of it may predate the rollback.
             doubt = known.record is None or known.suspect or result.over_suspect
-            delay = self.timing.election_timeout_min if doubt else 0.0
-            self._become_leader(result, sent, sent + delay)
+            if doubt:
+                valid_from = sent + self.timing.election_timeout_min
+                self._become_leader(result, sent, valid_from, valid_from)
+            elif early:
+                # Its holder's last renewal reached us at observed_at (the claim compared that
+                # version), so its lease ends before observed_at + election_timeout_min; the
+                # store refuses its fenced writes from now on.
+                valid_from = max(sent, self.observed_at + self.timing.election_timeout_min)
+                self._become_leader(result, sent, valid_from, now)
+            else:
+                self._become_leader(result, sent, sent, sent)
         elif self._missed_renewals(known, result.observation, sent):
             # The same leader renewed long ago and the feed never said so: it has gone deaf.
             feed_quiet = True
@@ -515,7 +596,9 @@ class Election:
             and sent - self.observed_at >= self.timing.heartbeat_interval
         )
 
-    def _become_leader(self, result: WriteResult, sent: float, valid_from: float) -> None:
+    def _become_leader(
+        self, result: WriteResult, sent: float, valid_from: float, fenced_from: float
+    ) -> None:
         record = result.observation.record
         assert record is not None
         self._set_lease(
@@ -526,12 +609,23 @@ class Election:
                 sent + self.timing.lease_duration,
                 sent,
                 valid_from,
+                fenced_from=fenced_from,
             )
         )
         self.renew_at = sent + self.timing.heartbeat_interval
         self.election_at = None
         self._announced = False
-        if valid_from > sent:
+        self._gone_term = None
+        if fenced_from < valid_from:
+            logger.info(
+                "leaderfeed %r: %s claimed term %d as its holder's session ended; fenced work "
+                "starts now, leader-only work in %.2f s",
+                self.backend.name,
+                self.member_id,
+                record.term,
+                valid_from - self.clock(),
+            )
+        elif valid_from > sent:
             logger.info(
                 "leaderfeed %r: %s claimed a lost or possibly rolled-back record (term %d); "
                 "acting in %.2f s",

@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any
 
 from ..backends import backend_from_url
-from ..backends.base import Backend
+from ..backends.base import Backend, HolderWatch
 from ..errors import BackendUnavailable, ConfigurationError, LeaderfeedError, LeaderfeedTimeout
 from ..record import Observation
 from ..timing import Timing
@@ -73,6 +73,11 @@ def default_member_id() -> str:
 @dataclass(frozen=True, slots=True)
 class _Elect:
     member_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _HolderGone:
+    term: int
 
 
 _STOP = object()
@@ -144,6 +149,7 @@ class LeaderFeed:
         # What start() creates for one run of the engine (kept after stop for the properties).
         self._election: Election | None = None
         self._subscription: SubscriptionSupervisor | None = None
+        self._holder_watch: HolderWatch | None = None
         self._commands: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -414,6 +420,7 @@ class LeaderFeed:
             except Exception:
                 logger.exception("leaderfeed %r: error while resigning", self.name)
             subscription.close()
+            self._close_holder_watch()  # after the resign: the record says vacant first
             self.backend.close()
             self._status = Status.STOPPED
             if not started.done():  # stopped before it had started
@@ -440,6 +447,8 @@ class LeaderFeed:
                 if self._create_if_missing:
                     self.backend.create()
                 subscription.subscribe()
+                if self._holder_watch is None:
+                    self._holder_watch = self.backend.holder_watch(self._holder_gone)
                 election.bootstrap()
                 election.faults.recovered(self._clock(), "joining the election")
                 return True
@@ -507,7 +516,23 @@ class LeaderFeed:
         now = self._clock()
         if turn.feed_quiet:
             subscription.went_quiet(now)
+        watch = self._holder_watch
+        if watch is not None:
+            lease = election.lease
+            if lease.role is Role.LEADER and lease.term is not None:
+                watch.lead(lease.term)
+            else:
+                watch.follow(election.watched_term)
         return min(turn.delay, subscription.tick(now))
+
+    def _holder_gone(self, term: int) -> None:
+        """The holder watch's report (its own thread): handled on the engine thread."""
+        self._commands.put(_HolderGone(term))
+
+    def _close_holder_watch(self) -> None:
+        watch, self._holder_watch = self._holder_watch, None
+        if watch is not None:
+            watch.close()
 
     def _handle(
         self, election: Election, subscription: SubscriptionSupervisor, command: object
@@ -517,6 +542,8 @@ class LeaderFeed:
             subscription.deliver(command, now)
         elif isinstance(command, _Elect):
             election.request_leader(command.member_id, now)
+        elif isinstance(command, _HolderGone):
+            election.holder_gone(command.term, now)
 
 
 def _timing(timing: Timing | None, **seconds: float | None) -> Timing:

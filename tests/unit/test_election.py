@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -383,14 +384,22 @@ def test_random_rollbacks_of_the_store_never_make_two_leaders(seed: int) -> None
     assert cluster.terms() == sorted(cluster.terms())
 
 
-def random_faults(seed: int, faults: tuple[str, ...], rounds: int = 30) -> Cluster:
-    """Inflict ``rounds`` random faults on four members; every tick checks safety."""
+def random_faults(
+    seed: int,
+    faults: tuple[str, ...],
+    rounds: int = 30,
+    on_fault: Callable[[Cluster, str, random.Random], bool] | None = None,
+) -> Cluster:
+    """Inflict ``rounds`` random faults on four members; every tick checks safety.
+    ``on_fault`` may inflict a fault of its own (it returns True when it did)."""
     rng = random.Random(seed)
     cluster = Cluster(4, seed=seed)
     for _ in range(rounds):
         fault = rng.choice(faults)
         victim = rng.choice(cluster.members)
-        if fault == "pause":
+        if on_fault is not None and on_fault(cluster, fault, rng):
+            pass
+        elif fault == "pause":
             victim.paused = True
             cluster.run(rng.uniform(0, 2 * HIGH))
             victim.paused = False

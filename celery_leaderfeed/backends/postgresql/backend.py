@@ -6,7 +6,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 from ...errors import BackendUnavailable, ConfigurationError
 from ...record import LeaderRecord, Observation, WriteResult
 from ...urls import MISREAD_USERINFO, misread_userinfo, url_error
-from ..base import Backend, Refusal, Subscription
+from ..base import Backend, HolderWatch, Refusal, Subscription
 from .connection import (
     CREATE_LOCK,
     DB_SCHEMES,
@@ -25,11 +25,13 @@ from .connection import (
     DEFAULT_TABLE,
     SCHEMES,
     connect,
+    flag_option,
     identifier_option,
     libpq_url,
     refusal_of,
 )
 from .feed import ListenSubscription
+from .holder_lock import HolderLock
 from .statements import Statements
 
 __all__ = ["PostgresBackend"]
@@ -48,16 +50,20 @@ class PostgresBackend(Backend):
 
     Options: ``schema`` (default ``"public"``; created if missing) and ``table`` (default
     ``"leaderfeed"``); schedule state goes to ``<table>_schedule`` and once-only marks to
-    ``<table>_marks`` in the same schema.
+    ``<table>_marks`` in the same schema. ``fast_failover`` (default False): the leader also
+    holds an advisory lock that followers wait for, so a crashed leader's successor claims
+    within milliseconds (:mod:`~celery_leaderfeed.backends.postgresql.holder_lock`); one more
+    connection per member.
     """
 
     schemes = (*SCHEMES, *DB_SCHEMES)
     connection_errors = (psycopg.Error, OSError)
-    option_names = frozenset({"schema", "table"})
+    option_names = frozenset({"schema", "table", "fast_failover"})
 
     def _configure(self) -> None:
         self.schema = identifier_option(self.options, "schema", DEFAULT_SCHEMA)
         self.table = identifier_option(self.options, "table", DEFAULT_TABLE)
+        self.fast_failover = flag_option(self.options, "fast_failover")
         if misread_userinfo(self.url):
             raise ConfigurationError(
                 f"invalid PostgreSQL URL {self.display_url!r}: {MISREAD_USERINFO}"
@@ -327,3 +333,8 @@ class PostgresBackend(Backend):
 
     def _subscribe(self) -> Subscription:
         return ListenSubscription(self)
+
+    def holder_watch(self, report: Callable[[int], None]) -> HolderWatch | None:
+        if not self.fast_failover:
+            return None
+        return HolderLock(self, report, poll=max(self.timeout, 0.1))

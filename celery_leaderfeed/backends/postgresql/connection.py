@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_TABLE",
     "SCHEMES",
     "connect",
+    "flag_option",
     "identifier_option",
     "libpq_url",
     "refusal_of",
@@ -59,6 +60,18 @@ def identifier_option(options: Mapping[str, Any], key: str, default: str) -> str
             f"underscores, not starting with a digit; got {value!r}"
         )
     return value
+
+
+def flag_option(options: Mapping[str, Any], key: str) -> bool:
+    """A yes/no option: a bool, or the words a URL query or environment variable carries."""
+    value = options.get(key, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "yes", "on", "1"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"false", "no", "off", "0", ""}:
+        return False
+    raise ConfigurationError(f"option {key!r} must be true or false; got {value!r}")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -124,6 +137,12 @@ def refusal_of(
             f"grant it USAGE (and CREATE, to make them) on schema {schema!r} and "
             f"SELECT, INSERT, UPDATE on {', '.join(tables[:-1])} and SELECT, INSERT, UPDATE, "
             f"DELETE on {tables[-1]} (the marks)",
+        )
+    if "statement pooling mode" in text:
+        return Refusal(
+            "a statement-pooling proxy (PgBouncer pool_mode=statement) runs no transaction "
+            f"for {where}",
+            "connect directly or through session or transaction pooling",
         )
     if isinstance(exc, pg_errors.UndefinedColumn | pg_errors.InvalidColumnReference):
         return Refusal(
