@@ -23,6 +23,7 @@ from typing import Any
 from bench import (
     cost,
     elect,
+    fast_failover,
     leader_only,
     leader_queue,
     metrics,
@@ -60,6 +61,7 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
         "metrics": {"window": 60.0, "burst": 500},
         "elect": {"trials": 50},
         "send_cost": {"sends": 4000, "rounds": 8},
+        "fast_failover": {"trials": 50, "control_trials": 10},
     },
     "quick": {
         "handover": {"backends": ["redis", "memory"], "trials": 5},
@@ -75,6 +77,7 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
         "metrics": {"window": 15.0, "burst": 100},
         "elect": {"trials": 5},
         "send_cost": {"sends": 800, "rounds": 4},
+        "fast_failover": {"trials": 5, "control_trials": 2},
     },
 }
 RUNS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -87,9 +90,18 @@ RUNS: dict[str, Callable[..., dict[str, Any]]] = {
     "metrics": metrics.run,
     "elect": elect.run,
     "send_cost": send_cost.run,
+    "fast_failover": fast_failover.run,
 }
 #: The parts that run against the bench's one Redis (broker, and store of the periodic part).
-ON_REDIS = ("periodic", "leader_only", "leader_queue", "metrics", "elect", "send_cost")
+ON_REDIS = (
+    "periodic",
+    "leader_only",
+    "leader_queue",
+    "metrics",
+    "elect",
+    "send_cost",
+    "fast_failover",
+)
 
 
 #: The parts measured per store backend, which ``--backend`` narrows.

@@ -1,6 +1,9 @@
 """The Celery app of the periodic-runs part, for every system compared:
 ``celery -A bench.periodic_app ...``, configured from the environment the bench sets
-(``BENCH_SYSTEM``, ``BENCH_PROFILE``, ``BENCH_NAME``, ``BENCH_NODE``, ``BENCH_REDIS_URL``).
+(``BENCH_SYSTEM``, ``BENCH_PROFILE``, ``BENCH_NAME``, ``BENCH_NODE``, ``BENCH_REDIS_URL``,
+``BENCH_PERIOD``). For celery-leaderfeed, ``BENCH_STORE_URL`` and ``BENCH_STORE_OPTIONS`` (JSON)
+put the election and the schedule state in another store (``leaderfeed_backend`` and
+``leaderfeed_backend_options``); unset, they are in the broker's Redis.
 
 The periodic task goes to ``<BENCH_NAME>.runs``, which nothing consumes, so the broker's list
 records every send; ``before_task_publish`` stamps each with the node, PID and clocks.
@@ -8,6 +11,7 @@ records every send; ``before_task_publish`` stamps each with the node, PID and c
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -47,6 +51,8 @@ NAME = os.environ.get("BENCH_NAME", "bench")
 NODE = os.environ.get("BENCH_NODE", socket.gethostname())
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PERIOD = float(os.environ.get("BENCH_PERIOD", "1.0"))
+STORE_URL = os.environ.get("BENCH_STORE_URL")
+STORE_OPTIONS: dict[str, Any] = json.loads(os.environ.get("BENCH_STORE_OPTIONS") or "{}")
 RUNS_QUEUE = f"{NAME}.runs"
 
 app = Celery("bench_periodic", set_as_current=True)
@@ -66,6 +72,8 @@ if SYSTEM == "leaderfeed":
     import celery_leaderfeed
 
     app.conf.update(leaderfeed_name=NAME, beat_scheduler="celery_leaderfeed.beat:LeaderScheduler")
+    if STORE_URL:
+        app.conf.update(leaderfeed_backend=STORE_URL, leaderfeed_backend_options=STORE_OPTIONS)
     celery_leaderfeed.install(app)
 elif SYSTEM == "redbeat":
     app.conf.update(

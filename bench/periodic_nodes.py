@@ -2,7 +2,8 @@
 
 A node is ``celery worker -B`` (celery-leaderfeed), ``celery beat`` with RedBeat's scheduler,
 or ``single-beat celery beat``, all of ``bench/periodic_app.py``. Sends are read back from the
-broker's list; for celery-leaderfeed the leader record is sampled every 20 ms.
+broker's list; for celery-leaderfeed the leader record is sampled every 20 ms, from the
+election's store: the broker's Redis, or the store the cluster was given (``store_url``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
@@ -43,11 +45,26 @@ class Node:
 
 
 class PeriodicCluster:
-    """The nodes of one system and profile, sharing one election or lock and one runs queue."""
+    """The nodes of one system and profile, sharing one election or lock and one runs queue.
 
-    def __init__(self, system: str, profile: str, redis_url: str, workdir: Path, period: float):
+    ``store_url`` and ``store_options`` (celery-leaderfeed only): the election's store and its
+    backend options, instead of the broker's Redis.
+    """
+
+    def __init__(
+        self,
+        system: str,
+        profile: str,
+        redis_url: str,
+        workdir: Path,
+        period: float,
+        *,
+        store_url: str | None = None,
+        store_options: dict[str, Any] | None = None,
+    ):
         self.system, self.profile, self.redis_url = system, profile, redis_url
         self.workdir, self.period = workdir, period
+        self.store_url, self.store_options = store_url, dict(store_options or {})
         self.name = f"pr-{system}-{profile}-{uuid.uuid4().hex[:6]}"
         self.nodes: dict[str, Node] = {}
         self.retired: list[Node] = []
@@ -84,6 +101,11 @@ class PeriodicCluster:
             "BENCH_REDIS_URL": self.redis_url,
             "BENCH_PERIOD": str(self.period),
         }
+        if self.store_url is not None:
+            env |= {
+                "BENCH_STORE_URL": self.store_url,
+                "BENCH_STORE_OPTIONS": json.dumps(self.store_options),
+            }
         if self.system == "single-beat":
             env |= {
                 "SINGLE_BEAT_REDIS_SERVER": self.redis_url,
@@ -150,7 +172,8 @@ class PeriodicCluster:
 
     def _sample_leadership(self) -> None:
         # Through the backend itself, so the bench never restates the record's layout.
-        store = backend_from_url(self.redis_url, name=self.name, timeout=1.0)
+        url, options = self.store_url or self.redis_url, self.store_options or None
+        store = backend_from_url(url, name=self.name, timeout=1.0, options=options)
         connected = False
         while not self._sampling.wait(0.02):
             with contextlib.suppress(BackendUnavailable):

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench import timeline
 from bench.cost import layout
+from bench.fast_failover import BREAKDOWN as FAST_FAILOVER_BREAKDOWN
 from bench.servers import SERVER_OF
 from bench.stats import ms, pct, sec, us
 from bench.targets import FAILOVER_SLACK, HANDOVER_MEDIAN, failover_bound, targets
@@ -549,6 +550,61 @@ def _send_cost(part: dict[str, Any], page: Path, image: Path) -> list[str]:
     ]
 
 
+def _checker(c: dict[str, Any]) -> str:
+    verdict = "clean" if c["verdict"] == "clean" else f"**{c['verdict']}**"
+    return (
+        f"{verdict}: {c['duplicated']} duplicated, {c['missed']} missed, {c['off_grid']} off the "
+        f"grid ({c['sends']} sends, {c['occurrences']} occurrences, {c['coalesced']} coalesced)"
+    )
+
+
+def _fast_failover(part: dict[str, Any], page: Path, image: Path) -> list[str]:
+    rows, notes = [], []
+    for key, label in (("fast_failover", "`fast_failover` on"), ("control", "off (control)")):
+        cell = part["sessions"].get(key)
+        if cell is None:
+            continue
+        s, b = cell["summary"], cell["breakdown"]
+        rows.append(
+            [
+                label,
+                str(s["n"]),
+                ms(s.get("median")),
+                ms(s.get("p95")),
+                ms(s.get("max")),
+                f"{ms(b['after_kill_s'].get('median'))} / {ms(b['after_kill_s'].get('p95'))}",
+                f"{cell['fast_path']} of {s['n']}",
+                *(ms(b.get(key, {}).get("median")) for key in FAST_FAILOVER_BREAKDOWN),
+                str(len(cell["aborted"])),
+                _checker(cell["checker"]),
+            ]
+        )
+        notes += [
+            f"* {label}, aborted trial {a['trial']}: {one_line(a['reason'])}"
+            for a in cell["aborted"]
+        ]
+        if cell["orphans_killed"]:
+            notes.append(
+                f"* {label}: {cell['orphans_killed']} orphaned beat process(es) had not exited "
+                "within 3 s of the kill; the bench killed them"
+            )
+    header = (
+        "`fast_failover` | Trials | Median | p95 | Max | Kill to the send, median / p95 | "
+        "Fast path (claim brought forward) | "
+        "Kill to the successor's claim logged, median | Claim to its beat leading, median | "
+        "Beat leading to the send, median | "
+        "Aborted trials | Every send judged (occurrence checker)"
+    )
+    st = part["settings"]
+    settings = (
+        f"{st['nodes']} `celery worker -B` nodes, {_conf({'app_conf': st['app_conf']})}; "
+        f"a periodic task every {part['period'] * 1000:g} ms; election on {st['store']}, broker "
+        f"{st['broker']}; {st['settle_s']:g} s between a replacement node being ready and the "
+        "next trial"
+    )
+    return [table(header, rows), *(["\n".join(notes)] if notes else []), stamp(part, settings)]
+
+
 Section = Callable[[dict[str, Any], Path, Path], list[str]]
 #: Part -> (heading, anchor of its method in bench/README.md, renderer).
 SECTIONS: dict[str, tuple[str, str, Section]] = {
@@ -564,5 +620,10 @@ SECTIONS: dict[str, tuple[str, str, Section]] = {
         "## 9. Periodic send cost",
         "periodic-send-cost-claim-publish-confirm",
         _send_cost,
+    ),
+    "fast_failover": (
+        "## 10. Fast failover on PostgreSQL",
+        "fast-failover-on-postgresql",
+        _fast_failover,
     ),
 }

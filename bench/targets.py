@@ -30,6 +30,9 @@ LEADER_QUEUE_MOVE_HEARTBEATS = 1
 ELECT_MEDIAN = 0.050
 #: The metrics endpoint, scraped every 15 s, adds at most this to an idle worker (% of a core).
 METRICS_CPU_PCT = 0.1
+#: With fast_failover (PostgreSQL), kill -9 of the leader to the first fenced beat send.
+FAST_FAILOVER_MEDIAN = 0.150
+FAST_FAILOVER_P95 = 0.300
 
 Row = list[str]
 
@@ -214,6 +217,20 @@ def _elect(results: dict[str, Any]) -> list[Row]:
     return [_row(label, measured, s["median"] <= ELECT_MEDIAN)]
 
 
+def _fast_failover(results: dict[str, Any]) -> list[Row]:
+    label = (
+        f"With `fast_failover`, kill -9 of the leader to the first fenced beat send: median <= "
+        f"{FAST_FAILOVER_MEDIAN * 1000:g} ms, p95 <= {FAST_FAILOVER_P95 * 1000:g} ms "
+        "(PostgreSQL, `celery worker -B`)"
+    )
+    s = _get(results, "fast_failover", "sessions", "fast_failover", "summary")
+    if not s or not s.get("n"):
+        return [_row(label, None, None)]
+    measured = f"median {ms(s['median'])}, p95 {ms(s['p95'])} (max {ms(s['max'])}, {s['n']} trials)"
+    ok = s["median"] <= FAST_FAILOVER_MEDIAN and s["p95"] <= FAST_FAILOVER_P95
+    return [_row(label, measured, ok)]
+
+
 #: The targets, in the order the page lists them.
 TARGETS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
     _handover,
@@ -224,6 +241,7 @@ TARGETS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
     _leader_queue,
     _metrics,
     _elect,
+    _fast_failover,
 )
 
 
