@@ -230,7 +230,10 @@ def through_backend(url: str, password: str) -> dict[str, str]:
 
 def through_settings(url: str) -> dict[str, str]:
     plain = Celery("masking-unit", set_as_current=False)
-    plain.conf.update(leaderfeed_backend=url, leaderfeed_backend_options={"password": url})
+    # An option that holds a secret and that the backend accepts (options are checked when
+    # the settings are read): Redis' TLS key password; the other stores have none.
+    options = {"ssl": {"ssl_password": url}} if url.startswith("redis") else {}
+    plain.conf.update(leaderfeed_backend=url, leaderfeed_backend_options=options)
     django = Celery("masking-unit-django", set_as_current=False)
     django.config_from_object(
         type("Settings", (), {"CELERY_LEADERFEED_BACKEND": url}), namespace="CELERY"
@@ -278,6 +281,7 @@ def test_the_unit_layer_sees_what_it_checks() -> None:
     )
     assert "CELERY_LEADERFEED_BACKEND: 'redis://lf:********@" in shown["django report"]
     assert "backend_url='redis://lf:***@127.0.0.1:9/0'" in shown["plain settings repr"]
+    assert "backend_options={'ssl': {'ssl_password': '***'}}" in shown["plain settings repr"]
     assert forms_of("Qz8w@Jk3v") >= {"Qz8w", "Jk3v", "Qz8w%40Jk3v", "Qz8w@Jk3v"}
 
 
