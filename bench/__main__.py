@@ -49,10 +49,10 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
             "profiles": ["default", "fast"],
             "durations": periodic.Durations(),
         },
-        # PostgreSQL: two connections (server processes) per member; 200 would measure the
-        # 2-core machine forking 400 backends rather than the members.
+        # PostgreSQL: two or three connections (server processes) per member; 200 would
+        # measure the 2-core machine forking 400 backends rather than the members.
         "cost": {
-            "sizes": {b: [3, 50] if b == "postgresql" else [3, 50, 200] for b in STORES},
+            "sizes": {b: [3, 50] if b.startswith("postgresql") else [3, 50, 200] for b in STORES},
             "window": 12.0,
             "settle": 3.0,
         },

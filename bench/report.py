@@ -24,6 +24,7 @@ README = Path(__file__).resolve().parent / "README.md"
 BACKENDS = {
     "redis": "Redis",
     "postgresql": "PostgreSQL",
+    "postgresql-fast": "PostgreSQL, fast_failover",
     "mongodb-changestream": "MongoDB, change stream",
     "mongodb-capped": "MongoDB, capped collection",
     "rethinkdb": "RethinkDB",

@@ -18,6 +18,7 @@ from harness.servers.secantus_process import SecantusServer
 SERVER_OF = {
     "redis": "redis-server",
     "postgresql": "PostgreSQL (Debian), LISTEN/NOTIFY",
+    "postgresql-fast": "PostgreSQL (Debian), LISTEN/NOTIFY and fast_failover's advisory lock",
     "mongodb-changestream": "SecantusDB (MongoDB wire protocol, one-node replica set)",
     "mongodb-capped": "SecantusDB (MongoDB wire protocol), capped collection + tailable cursor",
     "rethinkdb": "rethinkdb_wire test server (RethinkDB wire protocol V1_0)",
@@ -37,7 +38,7 @@ class Store:
 
     def fresh(self) -> Store:
         """The same server under new collection / table names: a store with no record yet."""
-        key = {"rethinkdb": "table", "postgresql": "table"}.get(self.backend, "collection")
+        key = "table" if self.backend.startswith(("rethinkdb", "postgresql")) else "collection"
         if self.backend in ("redis", "memory"):
             return self
         return replace(self, options={**self.options, key: f"bench_{uuid.uuid4().hex[:8]}"})
@@ -64,12 +65,14 @@ def store(backend: str) -> Iterator[Store]:
     elif backend == "redis":
         with redis_server() as redis:
             yield Store("redis", redis.url, pid=_pid(redis.process))
-    elif backend == "postgresql":
-        # Each member holds two connections (queries, LISTEN): room for the cost part's 50.
+    elif backend in ("postgresql", "postgresql-fast"):
+        # Each member holds two connections (queries, LISTEN), three with fast_failover (the
+        # lock): room for the cost part's 50.
         postgres = PostgresServer(settings={"max_connections": "300"}).start()
+        options = {"fast_failover": True} if backend == "postgresql-fast" else {}
         try:
             url = postgres.url(postgres.create_database("bench"))
-            yield Store("postgresql", url, pid=postgres.pid()).fresh()
+            yield Store(backend, url, options, pid=postgres.pid()).fresh()
         finally:
             postgres.close()
     elif backend.startswith("mongodb"):

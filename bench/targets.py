@@ -62,6 +62,7 @@ def _row(label: str, measured: str | None, ok: bool | None) -> Row:
 _TARGET_STORES = {
     "redis": ("Redis", HANDOVER_MEDIAN),
     "postgresql": ("PostgreSQL", HANDOVER_MEDIAN_POSTGRES),
+    "postgresql-fast": ("PostgreSQL, fast_failover", HANDOVER_MEDIAN_POSTGRES),
 }
 
 
