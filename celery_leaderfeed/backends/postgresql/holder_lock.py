@@ -48,7 +48,10 @@ logger = logging.getLogger(__name__)
 #: Seconds between two tries of a leader whose lock a follower holds for a moment.
 _RETAKE = 0.02
 #: Longest single lock wait of a follower, in seconds (then it waits again).
-WAIT_SLICE = 10.0
+WAIT_SLICE = 5.0
+#: How many times a wait that is no longer wanted is cancelled, and the seconds in between.
+_CANCEL_TRIES = 5
+_CANCEL_PAUSE = 0.2
 
 
 def lock_keys(schema: str, table: str, name: str, term: int) -> tuple[int, int]:
@@ -103,9 +106,12 @@ class HolderLock(HolderWatch):
         self._report = report
         self._poll = poll
         self._changed = threading.Condition()
-        #: (leading, term) as the engine last said; and what a blocked lock wait was for.
+        #: (leading, term) as the engine last said.
         self._want: tuple[bool, int | None] = (False, None)
+        #: What a blocked lock wait is for; set and cleared under ``_wait_lock``, which a
+        #: cancel holds while it is sent, so it can only ever reach that wait.
         self._waiting_on: tuple[bool, int | None] | None = None
+        self._wait_lock = threading.Lock()
         self._closed = False
         self._conn: psycopg.Connection[Any] | None = self._open()
         #: The term whose lock this session holds exclusively (leader).
@@ -133,28 +139,36 @@ class HolderLock(HolderWatch):
                 return
             self._want = want
             self._changed.notify_all()
-            if self._waiting_on is not None:
-                self._cancel_wait()
+        if self._waiting_on is not None:
+            # A cancel is a round trip on a connection of its own: never on the engine thread.
+            threading.Thread(
+                target=self._cancel_wait, name="leaderfeed-lock-cancel", daemon=True
+            ).start()
 
     def close(self) -> None:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-            if self._waiting_on is not None:
-                self._cancel_wait()
+        self._cancel_wait()
         self._thread.join(WAIT_SLICE + 2 * self._backend.timeout)
         self._drop()
 
     def _cancel_wait(self) -> None:
-        """End the follower's blocked lock wait now (call holding ``_changed``: the wait's
-        thread cannot start another statement meanwhile, so nothing else is cancelled)."""
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            conn.cancel_safe(timeout=self._backend.timeout)
-        except (psycopg.Error, OSError):
-            logger.debug("cancelling a lock wait failed", exc_info=True)
+        """End a follower's blocked lock wait that is no longer wanted. Sent again a few times:
+        a cancel that reaches the server before the wait's statement does is lost."""
+        for _ in range(_CANCEL_TRIES):
+            with self._wait_lock:
+                conn, waiting = self._conn, self._waiting_on
+                if conn is None or waiting is None or (waiting == self._want and not self._closed):
+                    return
+                try:
+                    conn.cancel_safe(timeout=self._backend.timeout)
+                except (psycopg.Error, OSError):
+                    logger.debug("cancelling a lock wait failed", exc_info=True)
+            # On the cancel's own thread (or close's): give the wait a moment to end.
+            until = time.monotonic() + _CANCEL_PAUSE
+            while self._waiting_on is waiting and time.monotonic() < until:
+                time.sleep(0.005)
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -271,7 +285,7 @@ class HolderLock(HolderWatch):
                 self._pause(want, self._poll)
                 return
             self._seen_held = term
-        with self._changed:
+        with self._wait_lock:
             if self._want != want or self._closed:
                 return
             self._waiting_on = want
@@ -280,7 +294,7 @@ class HolderLock(HolderWatch):
         except pg_errors.QueryCanceled:
             return  # cancelled, or the slice ended: look at what is wanted now
         finally:
-            with self._changed:
+            with self._wait_lock:
                 self._waiting_on = None
         self._scalar("SELECT pg_advisory_unlock_shared(%s, %s)", term)
         self._reported = term
