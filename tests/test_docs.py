@@ -29,7 +29,10 @@ A block preceded by ``<!-- not run: REASON -->`` is only compiled; there is none
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import inspect
+import itertools
 import os
 import re
 import shlex
@@ -373,3 +376,58 @@ def test_the_site_builds_without_a_warning(tmp_path: Path) -> None:
     assert (out / "_images" / "failover-timeline.png").exists()
     guide = (out / "guides" / "rabbitmq-postgresql.html").read_text()
     assert "Fast crash failover (fast_failover=True)" in guide
+
+
+# -- the examples in docstrings the API pages show ---------------------------------------------
+
+#: Each code example of a docstring on the API pages: where it is, what it leaves undefined (set
+#: up before it runs), and what must hold after it ran.
+DOCSTRING_EXAMPLES = {
+    "celery_leaderfeed.engine.feed:LeaderFeed": (
+        "done = []\n"
+        "def run_leader_only_work(fencing_token):\n"
+        "    done.append(fencing_token)\n"
+        "from celery_leaderfeed import LeaderFeed\n",
+        "assert len(done) == 1 and isinstance(done[0], int), done\n",
+    ),
+    "celery_leaderfeed.celery.decorators": (
+        "from celery import Celery\n"
+        "app = Celery('docs', broker='memory://', set_as_current=False)\n"
+        "class Ledger:\n"
+        "    def write(self, batch, fencing_token): ...\n"
+        "ledger = Ledger()\n",
+        "assert rebuild_index.name.endswith('rebuild_index') and settle.max_retries is None\n",
+    ),
+    "celery_leaderfeed.celery.install": (
+        "from celery import Celery\nimport celery_leaderfeed\n",
+        "from celery_leaderfeed.celery.bootstep import LeaderFeedStep\n"
+        "assert LeaderFeedStep in app.steps['worker']\n",
+    ),
+    "celery_leaderfeed.celery.leader_gated:leader_gated": (
+        "import celery.beat\nfrom celery_leaderfeed.celery.leader_gated import leader_gated\n",
+        "assert issubclass(LeaderPersistentScheduler, celery.beat.PersistentScheduler)\n"
+        "assert leader_gated(celery.beat.PersistentScheduler) is LeaderPersistentScheduler\n",
+    ),
+}
+
+
+def docstring_code(where: str) -> str:
+    """The literal block (after a line ending in ``::``) of the docstring at ``where``."""
+    module_name, _, attribute = where.partition(":")
+    found: object = importlib.import_module(module_name)
+    if attribute:
+        found = getattr(found, attribute)
+    lines = (inspect.getdoc(found) or "").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.rstrip().endswith("::"))
+    indented = itertools.takewhile(lambda line: not line or line[0].isspace(), lines[start + 2 :])
+    block = list(indented)
+    return textwrap.dedent("\n".join(block)).strip() + "\n"
+
+
+@pytest.mark.parametrize("where", sorted(DOCSTRING_EXAMPLES))
+def test_a_docstring_example_runs(where: str, tmp_path: Path, redis_url: str) -> None:
+    setup, check = DOCSTRING_EXAMPLES[where]
+    code = docstring_code(where).replace(EXAMPLE_REDIS, redis_url)
+    assert code.strip(), f"no example found in {where}"
+    result = _run(setup + code + check, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
