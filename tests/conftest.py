@@ -14,6 +14,7 @@ from tests.kits import BACKEND_IDS, SERVER_BACKEND_IDS, BackendKit, FaultServer,
 pytest_plugins = (
     "celery.contrib.pytest",
     "tests.beat_support",
+    "tests.celery_runs",
     "tests.fixtures.memory_store",
     "tests.fixtures.redis_server",
     "tests.fixtures.rabbitmq_server",

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +20,7 @@ from celery_leaderfeed.backends import backend_from_url
 from celery_leaderfeed.celery import settings as settings_module
 from celery_leaderfeed.celery.settings import resolve_settings
 from harness.helpers import wait_until
-from tests.test_bad_config import Runs, lines_matching, log_line
+from tests.celery_runs import Runs, lines_matching, log_line
 
 SECRET = "hunter2-secret"
 
@@ -96,13 +94,6 @@ def test_no_usable_store_is_still_a_configuration_error(result_backend: str | No
 
 
 # -- a real worker on RabbitMQ, its election in PostgreSQL -----------------------------------------
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    started = Runs(tmp_path)
-    yield started
-    started.close()
 
 
 def test_a_worker_on_rabbitmq_elects_itself_in_the_result_backends_postgresql(

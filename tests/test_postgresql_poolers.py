@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,17 +20,10 @@ from celery_leaderfeed.backends import backend_from_url
 from harness.helpers import wait_until
 from harness.servers.pgbouncer_process import PgBouncer
 from harness.servers.postgres_process import PostgresServer
+from tests.celery_runs import Runs, log_line
 from tests.fixtures.postgresql_kit import TEST_PASSWORD, with_password
-from tests.test_bad_config import Runs, log_line
 
 pytestmark = pytest.mark.celery_workers
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    started = Runs(tmp_path)
-    yield started
-    started.close()
 
 
 @pytest.fixture
