@@ -146,8 +146,13 @@ def _clean_env() -> dict[str, str]:
 
 
 def _run(code: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return _python(["-c", code], cwd, timeout)
+
+
+def _python(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """This interpreter with ``args``, in the docs' clean environment; what it printed."""
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, *args],
         cwd=cwd,
         env=_clean_env(),
         capture_output=True,
@@ -214,15 +219,7 @@ def test_the_example_project_of_a_page_imports_and_configures(
     # A page's project loads the page's last celeryconfig.py, if it has one.
     files = [e for e in files if e.file != "celeryconfig.py"] + configs[-1:]
     modules = _write_project(tmp_path, files, redis_url)
-    result = subprocess.run(
-        [sys.executable, "-c", CHECK_PROJECT, redis_url, *modules],
-        cwd=tmp_path,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _python(["-c", CHECK_PROJECT, redis_url, *modules], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -359,15 +356,7 @@ def test_the_readme_links_point_at_files_that_exist() -> None:
 def test_the_site_builds_without_a_warning(tmp_path: Path) -> None:
     out = tmp_path / "html"
     build = ["-W", "--keep-going", "-q", "-b", "html", "-d", str(tmp_path / "doctrees")]
-    result = subprocess.run(
-        [sys.executable, "-m", "sphinx", *build, str(DOCS), str(out)],
-        cwd=REPO,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = _python(["-m", "sphinx", *build, str(DOCS), str(out)], REPO, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stderr, result.stderr
     settings = (out / "settings.html").read_text()
