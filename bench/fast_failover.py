@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from bench.periodic_nodes import PeriodicCluster
 from bench.processes import wait_for
 from bench.servers import Store, store
 from bench.stats import summary
+from harness import celery_log
 from harness.occurrence_checker import Send, check, due_of
 
 PERIOD = 0.1
@@ -52,8 +52,6 @@ BREAKDOWN = (
     "beat_leading_after_claim_s",
     "send_after_beat_leading_s",
 )
-#: "[2025-01-02 03:04:05,678: INFO/MainProcess] message" (Celery's worker log, local time).
-_LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]*\] (.*)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -240,9 +238,7 @@ def _log_times(
     )
     deadline = time.monotonic() + 2.0
     while True:
-        lines = [
-            (_wall(stamp), message.strip()) for stamp, message in _LOG_LINE.findall(node.proc.log())
-        ]
+        lines = [(line.wall, line.message.strip()) for line in celery_log.lines(node.proc.log())]
         leading = next((at for at, m in lines if f"beat: leading in term {sent.term}" in m), None)
         for path, marker in markers:
             for at, message in lines:
@@ -251,10 +247,6 @@ def _log_times(
         if time.monotonic() > deadline:
             return "unknown", None, None, leading
         time.sleep(0.05)
-
-
-def _wall(stamp: str) -> float:
-    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def _orphans(cluster: PeriodicCluster, name: str) -> int:

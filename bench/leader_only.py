@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 
 from bench.processes import Proc, python, wait_for
+from harness import celery_log
 
 KINDS = ("plain", "guarded")
 HOLD_SECONDS = 2.0
@@ -92,7 +93,7 @@ def _completions(worker: Proc, at_least: int = 0) -> list[tuple[datetime, str, f
     for line in worker.log().splitlines():
         match = _DONE.match(line)
         if match and match["kind"] in KINDS:
-            at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f")
+            at = celery_log.logged_at(match["at"])
             found.append((at, match["kind"], float(match["runtime"])))
     return found if len(found) >= at_least else None
 

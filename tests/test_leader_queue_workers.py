@@ -30,6 +30,7 @@ from celery import Celery
 import celery_leaderfeed
 from celery_leaderfeed import LeaderFeed, leader_only
 from celery_leaderfeed.backends import backend_from_url
+from harness import celery_log
 from harness.helpers import wait_until
 from harness.leader_queue_checker import Report, check, runs_from
 from harness.occurrence_checker import Send
@@ -386,7 +387,7 @@ def takes_after_resigning(log: str) -> tuple[int, list[str], list[float]]:
         if match is None:
             continue
         message = match["message"]
-        at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f")
+        at = celery_log.logged_at(match["at"])
         if "is follower again" in message and "handing over to" in message:
             handovers += 1
             resigned = True

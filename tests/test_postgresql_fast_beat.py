@@ -10,14 +10,13 @@ records' send times against the time the successor's log says its lease became v
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from harness import celery_log
 from harness.helpers import wait_until
 from tests.beat_cluster import BeatCluster, assert_clean, figure, show
 
@@ -46,12 +45,16 @@ def cluster(redis_url: str, postgres_url: str, tmp_path: Path) -> Iterator[BeatC
 
 def became_leader_at(log: str, term: int) -> float | None:
     """The wall time of the log line saying the lease of ``term`` became valid, if written."""
-    found = re.search(
-        rf"\[(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}}): INFO/[^\]]*\] leaderfeed [^\n]* "
-        rf"became leader \(term {term}\)",
-        log,
+    return next(
+        (
+            line.wall
+            for line in celery_log.lines(log)
+            if line.level == "INFO"
+            and line.message.startswith("leaderfeed ")
+            and line.message.endswith(f"became leader (term {term})")
+        ),
+        None,
     )
-    return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() if found else None
 
 
 def test_kill_9_sends_fenced_runs_before_the_successor_may_run_leader_only_work(

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from celery_leaderfeed.celery.occurrences import EntryState, parse_occurrence_id
+from harness import celery_log
 from harness.helpers import wait_until
 from tests.workers import CeleryProcess
 
@@ -94,7 +95,7 @@ def test_a_future_dated_state_is_rebuilt_with_a_warning_and_sends_on_time(
 def _logged_at(line: str) -> datetime:
     stamp = re.match(r"^\[([\d-]+ [\d:,]+):", line)
     assert stamp is not None
-    return datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S,%f")
+    return celery_log.logged_at(stamp[1])
 
 
 def _utc(local: datetime) -> datetime:
